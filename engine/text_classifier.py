@@ -1,0 +1,59 @@
+"""The ``text_classification`` model kind: tokenizer + ONNX graph + labels."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from engine.session import SessionConfig, open_session
+from engine.tokenization import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+_REQUIRED_INPUTS = {"input_ids", "attention_mask"}
+_WARMUP_TEXTS = ["warm up", "a somewhat longer sentence to warm up a second sequence length in the same batch"]
+
+
+class TextClassifier:
+    """Loads ``model.onnx`` with the ``tokenizer.json`` and ``labels.json`` beside it.
+
+    ``run`` maps texts to one row of probabilities per text, in ``labels`` order.
+    """
+
+    def __init__(self, model_path: Path, session_config: SessionConfig) -> None:
+        folder = model_path.parent
+        for required in (model_path, folder / "tokenizer.json", folder / "labels.json"):
+            if not required.is_file():
+                raise FileNotFoundError(f"{required} is missing (build the default models with `make models`)")
+        self.labels: tuple[str, ...] = tuple(json.loads((folder / "labels.json").read_text()))
+        self.tokenizer = TextTokenizer.from_file(folder / "tokenizer.json")
+        self._session = open_session(model_path, session_config)
+        inputs = {i.name for i in self._session.get_inputs()}
+        if not _REQUIRED_INPUTS <= inputs:
+            raise ValueError(f"{model_path}: expected inputs {sorted(_REQUIRED_INPUTS)}, graph has {sorted(inputs)}")
+        outputs = self._session.get_outputs()
+        width = outputs[0].shape[-1]
+        if isinstance(width, int) and width != len(self.labels):
+            raise ValueError(f"{model_path}: output has {width} columns but labels.json lists {len(self.labels)} labels")
+        self._output = outputs[0].name
+        self._takes_token_types = "token_type_ids" in inputs
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer.encode(texts)
+        feeds = batch.feeds()
+        if self._takes_token_types:
+            feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
+        result: np.ndarray = self._session.run([self._output], feeds)[0]
+        return result
+
+    def warm_up(self) -> None:
+        """Run once so the first request does not pay for the runtime's lazy allocations."""
+        for texts in (_WARMUP_TEXTS[:1], _WARMUP_TEXTS):
+            self.run(texts)

@@ -1,0 +1,98 @@
+"""The FastAPI application: thin routes over the engine facade."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
+
+from engine.facade import InferenceEngine
+from engine.factory import build_engine
+from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse
+from engine.settings import Settings
+from handlers.body import RequestBodyMiddleware
+from handlers.errors import error_response, install_error_handlers
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: object | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None, *, manage_engine: bool = True) -> FastAPI:
+    """Build the app. With ``manage_engine`` the lifespan loads the models and closes the engine;
+    the Lambda edge passes an engine it already loaded and turns the lifespan off."""
+    settings = settings if settings is not None else Settings()
+    engine = engine if engine is not None else build_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                engine.close()
+
+    app = FastAPI(
+        title="ml-inference-system",
+        summary="Real-time ONNX model inference",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    def require_token(request: Request) -> None:
+        engine.authenticate(request.headers.get("x-token"))
+
+    api = settings.api_v1_str
+
+    @app.post(
+        f"{api}/predict",
+        response_model=PredictResponse,
+        dependencies=[Depends(require_token)],
+        responses=_errors(401, 404, 413, 422, 503),
+        summary="Classify one or more texts",
+        tags=["inference"],
+    )
+    async def predict(body: PredictRequest, response: Response) -> PredictResponse:
+        result = await engine.predict(body)
+        response.headers["X-Request-ID"] = result.request_id
+        return result
+
+    @app.get(f"{api}/models", response_model=ModelsReport, summary="List models and versions", tags=["models"])
+    @app.get("/models", response_model=ModelsReport, include_in_schema=False)
+    async def models() -> ModelsReport:
+        return engine.list_models()
+
+    @app.get("/health", response_model=HealthReport, responses={503: {"model": HealthReport}}, tags=["operations"])
+    async def health() -> JSONResponse:
+        report = engine.health()
+        return JSONResponse(report.model_dump(), status_code=200 if report.ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        if not settings.enable_metrics:
+            return error_response(404, "not_found", "metrics are disabled (ENABLE_METRICS=false)")
+        return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
