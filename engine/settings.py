@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
@@ -54,5 +55,25 @@ class Settings(BaseSettings):
         value = "/" + value.strip("/")
         return "" if value == "/" else value
 
+    @classmethod
+    def from_values(cls, values: Mapping[str, object]) -> Settings:
+        """Settings from explicit values only: no environment variables, no ``.env`` file."""
+        return _ExplicitSettings.model_validate(dict(values))
+
     def provider_list(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.execution_providers.split(",") if p.strip())
+
+
+class _ExplicitSettings(Settings):
+    """Reads only the values passed to it."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
