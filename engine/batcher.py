@@ -74,8 +74,9 @@ class ContinuousBatcher:
             if self._queued + len(texts) > self._max_queued:
                 raise Overloaded(f"{self._queued} texts already queued for this model; retry shortly")
             self._queued += len(texts)
-        job = _Job(texts, Future())
-        self._queue.put(job)
+            # Queued under the lock, so a concurrent close() cannot put its sentinel ahead of it.
+            job = _Job(texts, Future())
+            self._queue.put(job)
         return job.future
 
     def close(self) -> None:
@@ -130,7 +131,10 @@ class ContinuousBatcher:
             return
         run_ms = (time.perf_counter() - started) * 1000.0
         if self._observe is not None:
-            self._observe(len(texts), run_ms)
+            try:
+                self._observe(len(texts), run_ms)
+            except Exception:  # a metrics failure must not kill the worker
+                logger.exception("batch observer failed")
         offset = 0
         for job in jobs:
             rows = outputs[offset : offset + len(job.texts)]

@@ -37,7 +37,7 @@ def available_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
     count = _affinity_count()
     try:
         quota = _cgroup_quota(cgroup_root)
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         quota = None
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))

@@ -68,6 +68,8 @@ def load_registry(path: Path) -> Registry:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise RegistryError(f"{path}: registry file not found (set MODEL_REGISTRY_PATH)") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read the registry file: {exc}") from exc
     except yaml.YAMLError as exc:
         raise RegistryError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

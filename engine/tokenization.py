@@ -25,22 +25,23 @@ class EncodedBatch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
+# Texts are grouped so that padding adds at most this share of compute over the real tokens.
+MAX_PADDING_OVERHEAD = 0.25
+
+
 class TextTokenizer:
     """Wraps a ``tokenizer.json``: truncates to the model's maximum and pads per batch.
 
     Many exported tokenizers pad every input to a fixed length (128 for MiniLM), which
-    makes short texts several times slower. Padding is always reset to the longest text of
-    the batch; the attention mask keeps the results independent of the padding.
+    makes short texts several times slower. Padding is always to the longest text of the
+    batch; the attention mask keeps the results independent of the padding.
     """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
         padding = tokenizer.padding or {}
+        self.pad_id = int(padding.get("pad_id", 0))
+        self._pad_token = str(padding.get("pad_token", "[PAD]"))
         tokenizer.no_padding()
-        tokenizer.enable_padding(
-            pad_id=int(padding.get("pad_id", 0)),
-            pad_type_id=int(padding.get("pad_type_id", 0)),
-            pad_token=str(padding.get("pad_token", "[PAD]")),
-        )
         tokenizer.enable_truncation(max_length=max_length)
         self._tokenizer = tokenizer
         self.max_length = max_length
@@ -53,18 +54,50 @@ class TextTokenizer:
             max_length = int(truncation.get("max_length", 512))
         return cls(tokenizer, max_length)
 
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> EncodedBatch:
+        lengths = np.array([len(row) for row in ids], dtype=np.int64)
+        input_ids = np.full((len(ids), int(lengths.max())), self.pad_id, dtype=np.int64)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = tokens
+        attention_mask = (np.arange(input_ids.shape[1]) < lengths[:, None]).astype(np.int64)
+        return EncodedBatch(input_ids=input_ids, attention_mask=attention_mask, lengths=lengths)
+
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
-        encodings = self._tokenizer.encode_batch(list(texts))
-        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        return EncodedBatch(
-            input_ids=np.array([e.ids for e in encodings], dtype=np.int64),
-            attention_mask=attention_mask,
-            lengths=attention_mask.sum(axis=1),
-        )
+        """All texts as one batch, padded to the longest."""
+        return self._pad(self._ids(texts))
+
+    def encode_grouped(self, texts: Sequence[str]) -> list[tuple[list[int], EncodedBatch]]:
+        """Split texts into batches of similar length: ``[(input indexes, batch), ...]``.
+
+        One long text would otherwise pad a whole batch to its length. Texts are sorted by
+        token count and a new group starts when padding would add more than
+        ``MAX_PADDING_OVERHEAD`` of compute over the group's real tokens.
+        """
+        ids = self._ids(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        groups: list[list[int]] = []
+        real = 0
+        for index in order:
+            length = len(ids[index])
+            if groups and (len(groups[-1]) + 1) * length <= (1 + MAX_PADDING_OVERHEAD) * (real + length):
+                groups[-1].append(index)
+                real += length
+            else:
+                groups.append([index])
+                real = length
+        return [(group, self._pad([ids[i] for i in group])) for group in groups]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text after truncation, without building padded arrays."""
-        return [sum(e.attention_mask) for e in self._tokenizer.encode_batch(list(texts))]
+        """Token count of each text after truncation."""
+        return [len(row) for row in self._ids(texts)]
 
     def save(self, path: Path) -> None:
-        self._tokenizer.save(str(path))
+        """Write the tokenizer with batch-longest padding, as this class uses it."""
+        self._tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self._pad_token)
+        try:
+            self._tokenizer.save(str(path))
+        finally:
+            self._tokenizer.no_padding()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response, Security
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
@@ -33,6 +36,27 @@ class ErrorBody(BaseModel):
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
     return {status: {"model": ErrorBody} for status in statuses}
+
+
+# Declares the X-Token header for the OpenAPI docs; the check itself is _token_checked_route's.
+_TOKEN_HEADER = APIKeyHeader(name="X-Token", auto_error=False)
+
+
+def _token_checked_route(engine: InferenceEngine) -> type[APIRoute]:
+    """A route class that checks X-Token before FastAPI reads the body, so that an
+    unauthenticated caller gets 401 whatever it sent, never a 422 about its body."""
+
+    class TokenCheckedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                engine.authenticate(request.headers.get("x-token"))
+                return await handler(request)
+
+            return checked
+
+    return TokenCheckedRoute
 
 
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None, *, manage_engine: bool = True) -> FastAPI:
@@ -61,15 +85,12 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     install_error_handlers(app)
     app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes)
 
-    def require_token(request: Request) -> None:
-        engine.authenticate(request.headers.get("x-token"))
-
     api = settings.api_v1_str
+    protected = APIRouter(route_class=_token_checked_route(engine), dependencies=[Security(_TOKEN_HEADER)])
 
-    @app.post(
+    @protected.post(
         f"{api}/predict",
         response_model=PredictResponse,
-        dependencies=[Depends(require_token)],
         responses=_errors(401, 404, 413, 422, 503),
         summary="Classify one or more texts",
         tags=["inference"],
@@ -78,6 +99,8 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         result = await engine.predict(body)
         response.headers["X-Request-ID"] = result.request_id
         return result
+
+    app.include_router(protected)
 
     @app.get(f"{api}/models", response_model=ModelsReport, summary="List models and versions", tags=["models"])
     @app.get("/models", response_model=ModelsReport, include_in_schema=False)

@@ -17,10 +17,6 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _JSON = b"application/json"
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 def _is_json(content_type: bytes) -> bool:
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == _JSON or media.endswith(b"+json")
@@ -45,30 +41,33 @@ class RequestBodyMiddleware:
             await self._reject(send)
             return
 
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        # Read the whole body here, so an oversized stream is refused before any handler
+        # sees it (handlers buffer JSON bodies anyway).
+        chunks: list[bytes] = []
+        size = 0
+        more_body = True
+        while more_body:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            more_body = message.get("more_body", False)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if response_started:
-                raise
-            await self._reject(send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

@@ -46,14 +46,14 @@ def corpus_path() -> Path:
 
 
 def load_corpus(path: Path) -> list[Example]:
-    """Read the corpus, keeping the first occurrence of each distinct text."""
+    """Read the corpus, keeping the first occurrence of each distinct, non-blank text."""
     csv.field_size_limit(1 << 30)
     seen: set[str] = set()
     examples = []
     with bz2.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             text = row["text"]
-            if text in seen or row["category"] not in CATEGORY_TO_LABEL:
+            if not text.strip() or text in seen or row["category"] not in CATEGORY_TO_LABEL:
                 continue
             seen.add(text)
             examples.append(Example(text=text, label=CATEGORY_TO_LABEL[row["category"]], movie=row["movie_name"]))

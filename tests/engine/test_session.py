@@ -1,0 +1,85 @@
+"""engine/session.py: thread sizing, execution providers and the options of a real session."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from engine.cpus import available_cpus
+from engine.session import CPU_PROVIDER, CUDA_PROVIDER, SessionConfig, open_session
+from engine.tokenization import TextTokenizer
+from tests.conftest import V1_DIR, require_models
+
+
+def test_resolved_threads_honours_an_override() -> None:
+    assert SessionConfig(intra_op_threads=3).resolved_threads() == 3
+    assert SessionConfig(intra_op_threads=1).resolved_threads() == 1
+
+
+def test_resolved_threads_defaults_to_the_available_cpus() -> None:
+    assert SessionConfig().resolved_threads() == available_cpus()
+    assert SessionConfig(intra_op_threads=0).resolved_threads() == available_cpus()
+
+
+def test_auto_provider_uses_cuda_only_when_present_and_always_keeps_cpu() -> None:
+    providers = SessionConfig().resolved_providers()
+    expected = [p for p in (CUDA_PROVIDER, CPU_PROVIDER) if p in ort.get_available_providers()]
+    assert providers == expected
+    assert providers[-1] == CPU_PROVIDER
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        assert providers == [CPU_PROVIDER]
+
+
+def test_explicit_cpu_provider() -> None:
+    assert SessionConfig(providers=(CPU_PROVIDER,)).resolved_providers() == [CPU_PROVIDER]
+
+
+def test_cpu_is_appended_as_fallback_and_duplicates_dropped() -> None:
+    # Any other provider this build has (Azure ships in the CPU wheel) gets CPU added after it.
+    for other in (p for p in ort.get_available_providers() if p != CPU_PROVIDER):
+        assert SessionConfig(providers=(other,)).resolved_providers() == [other, CPU_PROVIDER]
+    assert SessionConfig(providers=(CPU_PROVIDER, "auto", CPU_PROVIDER)).resolved_providers() == list(
+        dict.fromkeys([CPU_PROVIDER, *SessionConfig().resolved_providers()])
+    )
+
+
+def test_unavailable_provider_raises_a_clear_value_error() -> None:
+    with pytest.raises(ValueError, match=r"execution provider 'NoSuchExecutionProvider' is not available") as info:
+        SessionConfig(providers=("NoSuchExecutionProvider",)).resolved_providers()
+    # The message lists what this build does offer.
+    assert CPU_PROVIDER in str(info.value)
+
+
+def test_unavailable_provider_fails_open_session_before_loading() -> None:
+    require_models()
+    with pytest.raises(ValueError, match="NoSuchExecutionProvider"):
+        open_session(V1_DIR / "model.onnx", SessionConfig(providers=("NoSuchExecutionProvider",)))
+
+
+def test_open_session_sets_threads_and_full_graph_optimisation() -> None:
+    require_models()
+    session = open_session(V1_DIR / "model.onnx", SessionConfig(intra_op_threads=2, providers=(CPU_PROVIDER,)))
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.inter_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert session.get_providers() == [CPU_PROVIDER]
+
+
+def test_open_session_default_threads_and_it_runs() -> None:
+    require_models()
+    session = open_session(V1_DIR / "model.onnx", SessionConfig())
+    assert session.get_session_options().intra_op_num_threads == available_cpus()
+    feeds = TextTokenizer.from_file(V1_DIR / "tokenizer.json").encode(["a wonderful film", "dull"]).feeds()
+    (probabilities,) = session.run(["probabilities"], feeds)
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_open_session_from_bytes() -> None:
+    require_models()
+    session = open_session((V1_DIR / "model.onnx").read_bytes(), SessionConfig(intra_op_threads=1, providers=(CPU_PROVIDER,)))
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]

@@ -1,0 +1,271 @@
+"""The HTTP API end to end: real server process, real HTTP over loopback, real models."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.handlers.conftest import LiveServer
+
+SEED_BODY = '{ "id": "1", "texts": ["I love this product"], "model_version": "v1" }'
+
+
+def _auth(server: LiveServer) -> dict[str, str]:
+    return {"X-Token": server.token}
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    error: dict[str, object] = body["error"]
+    return error
+
+
+def test_seed_quick_start_request(client: httpx.Client, live_server: LiveServer) -> None:
+    response = client.post("/api/v1/predict", content=SEED_BODY, headers={**_auth(live_server), "Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == "1"
+    assert body["model_version"] == "v1"
+    assert body["model"] == "sentiment_analysis"
+    assert response.headers["x-request-id"] == "1"
+    (result,) = body["results"]
+    assert result["text"] == "I love this product"
+    assert result["prediction"] == "positive"
+    assert set(result["scores"]) == {"positive", "neutral", "negative"}
+    assert result["scores"]["positive"] > 0.8
+    assert sum(result["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert result["latency_ms"] > 0 and body["latency_ms"] >= result["latency_ms"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "text/plain", "application/json; charset=utf-8"],
+    ids=["no-content-type", "curl-d-form", "text-plain", "json-charset"],
+)
+def test_body_is_json_whatever_the_content_type(client: httpx.Client, live_server: LiveServer, content_type: str | None) -> None:
+    headers = _auth(live_server)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = client.post("/api/v1/predict", content=b'{"texts": ["This is terrible"]}', headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["prediction"] == "negative"
+
+
+def test_several_texts_keep_their_order(client: httpx.Client, live_server: LiveServer) -> None:
+    texts = [
+        "This is terrible",
+        "I love this product",
+        "A retired spy travels to Istanbul to find the daughter he never knew he had.",
+        "Brilliant, funny and moving.",
+    ]
+    response = client.post("/api/v1/predict", json={"texts": texts}, headers=_auth(live_server))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["text"] for r in body["results"]] == texts
+    assert [r["prediction"] for r in body["results"]] == ["negative", "positive", "neutral", "positive"]
+    assert len(body["request_id"]) == 32  # generated when the request has no id
+    assert body["model_version"] == "v1"  # the registry's default version
+
+
+def test_pinned_version_answers(client: httpx.Client, live_server: LiveServer) -> None:
+    response = client.post("/api/v1/predict", json={"texts": ["I love this product"], "model_version": "v2"}, headers=_auth(live_server))
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "v2"
+    assert response.json()["results"][0]["prediction"] == "positive"
+
+
+def test_concurrent_clients_get_their_own_results(live_server: LiveServer) -> None:
+    texts = [f"{word} movie, number {i}" for i, word in enumerate(["great", "awful", "wonderful", "boring"] * 8)]
+
+    def one(text: str) -> dict[str, float]:
+        with httpx.Client(base_url=live_server.base_url, timeout=30.0) as http:
+            response = http.post("/api/v1/predict", json={"texts": [text]}, headers=_auth(live_server))
+            assert response.status_code == 200, response.text
+            result = response.json()["results"][0]
+            assert result["text"] == text
+            scores: dict[str, float] = result["scores"]
+            return scores
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        concurrent_scores = list(pool.map(one, texts))
+    with httpx.Client(base_url=live_server.base_url, timeout=30.0) as http:
+        solo = http.post("/api/v1/predict", json={"texts": texts}, headers=_auth(live_server)).json()["results"]
+    for got, expected in zip(concurrent_scores, solo, strict=True):
+        for label, value in expected["scores"].items():
+            assert got[label] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token", "test-token-but-longer", ""])
+def test_missing_or_bad_token_is_401(client: httpx.Client, token: str | None) -> None:
+    headers = {} if token is None else {"X-Token": token}
+    response = client.post("/api/v1/predict", json={"texts": ["hello"]}, headers=headers)
+    _assert_error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == "X-Token"
+
+
+def test_auth_is_checked_before_the_body(client: httpx.Client) -> None:
+    _assert_error(client.post("/api/v1/predict", content=b"not json"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"texts": ["a"',
+        b"texts=hello",
+        b"{}",
+        b'{"texts": []}',
+        b'{"texts": "just a string"}',
+        b'{"texts": [1, 2]}',
+        b'{"texts": ["a"], "model_versoin": "v1"}',
+        b'{"texts": ["a"], "id": 7}',
+        b"[]",
+        b"",
+    ],
+    ids=["truncated", "form-fields", "empty-object", "no-texts", "string", "numbers", "typo-field", "int-id", "array", "empty"],
+)
+def test_invalid_body_is_422(client: httpx.Client, live_server: LiveServer, body: bytes) -> None:
+    error = _assert_error(client.post("/api/v1/predict", content=body, headers=_auth(live_server)), 422, "invalid_request")
+    assert error["details"]
+
+
+def test_unknown_model_and_version_are_404(client: httpx.Client, live_server: LiveServer) -> None:
+    error = _assert_error(
+        client.post("/api/v1/predict", json={"texts": ["a"], "model": "nope"}, headers=_auth(live_server)), 404, "model_not_found"
+    )
+    assert "sentiment_analysis" in str(error["message"])
+    error = _assert_error(
+        client.post("/api/v1/predict", json={"texts": ["a"], "model_version": "v9"}, headers=_auth(live_server)), 404, "version_not_found"
+    )
+    assert "v1" in str(error["message"])
+
+
+def test_too_many_texts_is_413(client: httpx.Client, live_server: LiveServer) -> None:
+    response = client.post("/api/v1/predict", json={"texts": ["a"] * 257}, headers=_auth(live_server))
+    assert "MAX_TEXTS_PER_REQUEST" in str(_assert_error(response, 413, "payload_too_large")["message"])
+    ok = client.post("/api/v1/predict", json={"texts": [f"text {i}" for i in range(256)]}, headers=_auth(live_server))
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 256
+
+
+def test_text_too_long_is_413(client: httpx.Client, live_server: LiveServer) -> None:
+    response = client.post("/api/v1/predict", json={"texts": ["short", "x" * 10_001]}, headers=_auth(live_server))
+    error = _assert_error(response, 413, "payload_too_large")
+    assert error["details"] == {"indexes": [1]}
+
+
+def test_body_too_large_is_413(client: httpx.Client, live_server: LiveServer) -> None:
+    body = json.dumps({"texts": ["y" * 9_000] * 500}).encode()  # about 4.5 MB
+    _assert_error(client.post("/api/v1/predict", content=body, headers=_auth(live_server)), 413, "payload_too_large")
+
+
+def test_chunked_body_too_large_is_413(live_server: LiveServer) -> None:
+    """No Content-Length: the limit is enforced while the body streams in."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"texts": ["'
+        for _ in range(80):
+            yield b"z" * 65_536
+        yield b'"]}'
+
+    with httpx.Client(base_url=live_server.base_url, timeout=30.0) as http:
+        response = http.post("/api/v1/predict", content=chunks(), headers=_auth(live_server))
+    _assert_error(response, 413, "payload_too_large")
+
+
+def test_malformed_http_does_not_hang(live_server: LiveServer) -> None:
+    host, port = live_server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        reply = sock.recv(1024)
+    assert reply.startswith(b"HTTP/1.1 4")
+
+
+def test_health_reports_ready_models_and_providers(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "active"
+    assert body["ready"] is True
+    assert body["active_models"] == ["v1", "v2"]
+    assert "CPUExecutionProvider" in body["providers"]
+    assert {(m["version"], m["state"]) for m in body["models"]} == {("v1", "ready"), ("v2", "ready")}
+
+
+@pytest.mark.parametrize("path", ["/models", "/api/v1/models"])
+def test_models_lists_versions(client: httpx.Client, path: str) -> None:
+    body = client.get(path).json()
+    assert body["total"] == 2
+    by_version = {m["version"]: m for m in body["models"]}
+    assert by_version["v1"]["name"] == "sentiment_analysis"
+    assert by_version["v1"]["default"] is True and by_version["v1"]["status"] == "active"
+    assert by_version["v2"]["status"] == "candidate"
+    assert "model.onnx" in by_version["v2"]["model_id"]
+
+
+def test_metrics_count_requests_by_model_and_version(client: httpx.Client, live_server: LiveServer) -> None:
+    client.post("/api/v1/predict", json={"texts": ["fine"], "model_version": "v2"}, headers=_auth(live_server))
+    client.post("/api/v1/predict", json={"texts": ["fine"], "model_version": "attacker-chosen-label"}, headers=_auth(live_server))
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'inference_requests_total{model="sentiment_analysis",model_version="v2",outcome="ok"}' in text
+    assert 'inference_latency_ms_bucket{le="+Inf",model="sentiment_analysis",model_version="v2"}' in text
+    assert "active_models 2.0" in text
+    assert "attacker-chosen-label" not in text  # label values stay bounded
+
+
+def test_docs_and_openapi(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    assert client.get("/redoc").status_code == 200
+    spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/api/v1/predict"]["post"]
+    assert {"401", "404", "413", "422", "503"} <= set(predict["responses"])
+    schema = spec["components"]["schemas"]["PredictRequest"]
+    assert schema["examples"][0]["texts"]
+
+
+def test_unknown_route_and_method_use_the_error_shape(client: httpx.Client) -> None:
+    _assert_error(client.get("/nope"), 404, "not_found")
+    _assert_error(client.get("/api/v1/predict"), 405, "method_not_allowed")
+
+
+# In-process variants of the settings, over the session's loaded engine (no lifespan needed).
+
+
+def _in_process(engine_fixture: object, **overrides: object) -> httpx.AsyncClient:
+    from engine.facade import InferenceEngine
+    from handlers.app import create_app
+    from tests.conftest import make_settings
+
+    assert isinstance(engine_fixture, InferenceEngine)
+    app = create_app(make_settings(**overrides), engine_fixture, manage_engine=False)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def _get(client: httpx.AsyncClient, path: str) -> httpx.Response:
+    async with client:
+        return await client.get(path)
+
+
+def test_metrics_can_be_disabled(engine: object) -> None:
+    import asyncio
+
+    response = asyncio.run(_get(_in_process(engine, enable_metrics=False), "/metrics"))
+    _assert_error(response, 404, "not_found")
+
+
+def test_api_prefix_is_configurable(engine: object) -> None:
+    import asyncio
+
+    assert asyncio.run(_get(_in_process(engine, api_v1_str="/v2/"), "/v2/models")).status_code == 200
+    assert asyncio.run(_get(_in_process(engine, api_v1_str="/v2/"), "/api/v1/models")).status_code == 404
