@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ def run_sorted(session: ort.InferenceSession, tokenizer: TextTokenizer, texts: S
     """Run ``texts`` through a one-output session in length-sorted batches; rows keep input order."""
     order = np.argsort(tokenizer.token_counts(texts), kind="stable")
     outputs: np.ndarray | None = None
-    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, leave=True) as bar:
+    # In a log (no terminal) a bar redrawn ten times a second is noise: update it rarely there.
+    interval = 0.1 if sys.stderr.isatty() else 15.0
+    with tqdm(total=len(texts), desc=desc, unit="text", disable=not progress, mininterval=interval) as bar:
         for start in range(0, len(order), RUN_BATCH):
             index = order[start : start + RUN_BATCH]
             result = session.run(None, tokenizer.encode([texts[i] for i in index]).feeds())[0]

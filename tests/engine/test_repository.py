@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from engine.errors import ModelNotReady, VersionNotFound
+from engine.facade import InferenceEngine
 from engine.factory import build_engine
 from engine.registry import RegistryError
 from engine.repository import ModelState
@@ -23,6 +26,16 @@ def _registry(tmp_path: Path, versions: dict[str, dict[str, str]], default: str 
     return path
 
 
+@contextmanager
+def _loaded(registry: Path) -> Iterator[InferenceEngine]:
+    engine = build_engine(make_settings(model_registry_path=registry))
+    engine.load()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 def test_a_version_that_fails_to_load_is_failed_and_the_rest_serve(tmp_path: Path, models_dir: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -33,9 +46,7 @@ def test_a_version_that_fails_to_load_is_failed_and_the_rest_serve(tmp_path: Pat
         tmp_path,
         {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v3": {"path": "broken/model.onnx", "status": "candidate"}},
     )
-    engine = build_engine(make_settings(model_registry_path=registry))
-    engine.load()
-    try:
+    with _loaded(registry) as engine:
         health = engine.health()
         assert (health.status, health.ready, health.active_models) == ("degraded", True, ["v1"])
         failed = next(m for m in health.models if m.version == "v3")
@@ -43,8 +54,6 @@ def test_a_version_that_fails_to_load_is_failed_and_the_rest_serve(tmp_path: Pat
         with pytest.raises(ModelNotReady, match="failed"):
             asyncio.run(engine.predict(PredictRequest(texts=["hi"], model_version="v3")))
         assert asyncio.run(engine.predict(PredictRequest(texts=["I love this product"]))).results[0].prediction == "positive"
-    finally:
-        engine.close()
 
 
 def test_a_failed_default_version_makes_the_service_unready(tmp_path: Path, models_dir: Path) -> None:
@@ -52,14 +61,10 @@ def test_a_failed_default_version_makes_the_service_unready(tmp_path: Path, mode
         tmp_path,
         {"v1": {"path": "missing/model.onnx", "status": "active"}, "v2": {"path": str(V1_DIR / "model.onnx"), "status": "candidate"}},
     )
-    engine = build_engine(make_settings(model_registry_path=registry))
-    engine.load()
-    try:
+    with _loaded(registry) as engine:
         health = engine.health()
         assert (health.status, health.ready) == ("unavailable", False)
         assert "make models" in str(next(m for m in health.models if m.version == "v1").error)
-    finally:
-        engine.close()
 
 
 def test_retired_versions_are_never_loaded_or_served(tmp_path: Path, models_dir: Path) -> None:
@@ -67,15 +72,11 @@ def test_retired_versions_are_never_loaded_or_served(tmp_path: Path, models_dir:
         tmp_path,
         {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v0": {"path": "gone/model.onnx", "status": "retired"}},
     )
-    engine = build_engine(make_settings(model_registry_path=registry))
-    engine.load()
-    try:
+    with _loaded(registry) as engine:
         assert engine.health().status == "active"
         assert {m.version: m.state for m in engine.health().models}["v0"] == "retired"
         with pytest.raises(VersionNotFound, match="is retired"):
             asyncio.run(engine.predict(PredictRequest(texts=["hi"], model_version="v0")))
-    finally:
-        engine.close()
 
 
 def test_an_unsupported_rollout_strategy_is_refused_at_start(tmp_path: Path) -> None:
