@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from engine.errors import InvalidInput
 from engine.session import SessionConfig, open_session
 from engine.tokenization import TextTokenizer
 
@@ -23,12 +26,13 @@ class TextClassifier:
     ``run`` maps texts to one row of probabilities per text, in ``labels`` order.
     """
 
-    def __init__(self, model_path: Path, session_config: SessionConfig) -> None:
+    def __init__(self, model_path: Path, session_config: SessionConfig, labels: Sequence[str] | None = None) -> None:
         folder = model_path.parent
-        for required in (model_path, folder / "tokenizer.json", folder / "labels.json"):
-            if not required.is_file():
-                raise FileNotFoundError(f"{required} is missing (build the default models with `make models`)")
-        self.labels: tuple[str, ...] = tuple(json.loads((folder / "labels.json").read_text()))
+        required = [model_path, folder / "tokenizer.json"] + ([] if labels is not None else [folder / "labels.json"])
+        for path in required:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (build the default models with `make models`)")
+        self.labels: tuple[str, ...] = tuple(labels if labels is not None else json.loads((folder / "labels.json").read_text()))
         self.tokenizer = TextTokenizer.from_file(folder / "tokenizer.json")
         self._session = open_session(model_path, session_config)
         inputs = {i.name for i in self._session.get_inputs()}
@@ -44,6 +48,11 @@ class TextClassifier:
     @property
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
+
+    def validate(self, inputs: Sequence[Any]) -> None:
+        bad = [i for i, text in enumerate(inputs) if not isinstance(text, str)]
+        if bad:
+            raise InvalidInput("this model takes texts: every input must be a string", details={"indexes": bad[:20]})
 
     def run(self, texts: list[str]) -> np.ndarray:
         """Probabilities for each text, in input order; texts run in groups of similar length."""
