@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,11 @@ class BatchResult:
 
 @dataclass
 class _Job:
-    texts: Sequence[str]
+    texts: Sequence[Any]
     future: Future[BatchResult]
 
 
-RunFn = Callable[[list[str]], np.ndarray]
+RunFn = Callable[[list[Any]], np.ndarray]
 ObserveFn = Callable[[int, float], None]
 
 
@@ -64,7 +65,7 @@ class ContinuousBatcher:
     def max_batch(self) -> int:
         return self._max_batch
 
-    def submit(self, texts: Sequence[str]) -> Future[BatchResult]:
+    def submit(self, texts: Sequence[Any]) -> Future[BatchResult]:
         """Queue at most ``max_batch`` texts; raises Overloaded when the queue is full."""
         if not 0 < len(texts) <= self._max_batch:
             raise ValueError(f"submit between 1 and {self._max_batch} texts, got {len(texts)}")

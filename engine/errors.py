@@ -22,6 +22,12 @@ class Unauthorized(EngineError):
     code = "unauthorized"
 
 
+class Forbidden(EngineError):
+    """The operation is disabled or not allowed for this caller."""
+
+    code = "forbidden"
+
+
 class InvalidInput(EngineError):
     """The request is well-formed JSON but not a valid request."""
 
@@ -62,3 +68,9 @@ class InferenceFailed(EngineError):
     """The runtime failed while computing a batch."""
 
     code = "inference_failed"
+
+
+class ReloadFailed(EngineError):
+    """A registry reload was refused; the previous registry keeps serving."""
+
+    code = "reload_failed"

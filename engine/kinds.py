@@ -41,15 +41,21 @@ class ClassifierModel(Protocol):
 
 
 def load_model(
-    kind: ModelKindName, model_path: Path, session_config: SessionConfig, labels: Sequence[str] | None = None
+    kind: ModelKindName,
+    model_path: Path,
+    session_config: SessionConfig,
+    labels: Sequence[str] | None = None,
+    tokenizer_path: Path | None = None,
 ) -> ClassifierModel:
-    """Open a model file as the given kind; ``labels`` overrides the labels.json beside it."""
+    """Open a model file as the given kind; ``labels`` overrides the labels.json beside it, and
+    ``tokenizer_path`` the tokenizer.json beside a text model."""
     if kind == "text_classification":
         from engine.text_classifier import TextClassifier
 
-        return TextClassifier(model_path, session_config, labels=labels)
+        return TextClassifier(model_path, session_config, labels=labels, tokenizer_path=tokenizer_path)
     if kind == "tabular":
         from engine.tabular import TabularClassifier
 
-        return TabularClassifier(model_path, session_config, labels=labels)
+        model: ClassifierModel = TabularClassifier(model_path, session_config, labels=labels)
+        return model
     raise ValueError(f"unknown model kind {kind!r}")

@@ -46,6 +46,25 @@ class Metrics:
             registry=self.registry,
         )
         self.errors = Counter("inference_errors", "Failed requests by error code.", ["code"], registry=self.registry)
+        self.model_loads = Counter(
+            "model_loads", "Model version loads by outcome.", ["model", "model_version", "outcome"], registry=self.registry
+        )
+        self.model_evictions = Counter(
+            "model_evictions", "Versions unloaded by the MODEL_CACHE_SIZE bound.", ["model", "model_version"], registry=self.registry
+        )
+        self.rollout_assignments = Counter(
+            "rollout_assignments", "Requests routed by rollout, by strategy and arm.", ["model", "strategy", "arm"], registry=self.registry
+        )
+        self.shadow_predictions = Counter(
+            "shadow_predictions",
+            "Inputs run by a shadow version, by whether its top label agreed with the primary's.",
+            ["model", "primary_version", "shadow_version", "agreement"],
+            registry=self.registry,
+        )
+        self.shadow_failures = Counter(
+            "shadow_failures", "Shadow runs that failed or ran out of time.", ["model", "shadow_version", "reason"], registry=self.registry
+        )
+        self.registry_reloads = Counter("registry_reloads", "Registry reloads by outcome.", ["outcome"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,4 @@
-"""The step between the facade and the runtime: texts in, per-text scores out.
+"""The step between the facade and the runtime: inputs in, per-input scores out.
 
 The facade calls a ``Predictor``; layers such as a result cache wrap one ``Predictor`` in
 another without the edges or the facade changing.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.batcher import BatchResult
 from engine.errors import InferenceFailed, ModelNotReady
@@ -17,15 +17,19 @@ from engine.repository import ModelVersion
 
 
 @dataclass(frozen=True)
-class TextOutput:
+class Output:
     scores: dict[str, float]
     latency_ms: float
 
 
 class Predictor(Protocol):
-    async def predict(self, version: ModelVersion, texts: Sequence[str]) -> list[TextOutput]:
-        """Scores for each text, in input order, from the given (READY) version."""
+    async def predict(self, version: ModelVersion, inputs: Sequence[Any]) -> list[Output]:
+        """Scores for each input, in input order, from the given (leased, READY) version."""
         ...
+
+
+def _size(item: Any) -> int:
+    return len(item) if isinstance(item, str) else 0
 
 
 class BatchedPredictor:
@@ -34,16 +38,16 @@ class BatchedPredictor:
     Texts are grouped by length first, so each batch pads little; results return in input order.
     """
 
-    async def predict(self, version: ModelVersion, texts: Sequence[str]) -> list[TextOutput]:
+    async def predict(self, version: ModelVersion, inputs: Sequence[Any]) -> list[Output]:
         batcher = version.batcher
         if batcher is None:
             raise ModelNotReady(f"model {version.name!r} version {version.version!r} is not loaded")
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(inputs)), key=lambda i: _size(inputs[i]))
         chunks = [order[i : i + batcher.max_batch] for i in range(0, len(order), batcher.max_batch)]
         submitted = []
         try:
             for chunk in chunks:
-                submitted.append(batcher.submit([texts[i] for i in chunk]))
+                submitted.append(batcher.submit([inputs[i] for i in chunk]))
         except Exception:
             for future in submitted:  # all or nothing: an overloaded queue refuses the whole request
                 future.cancel()
@@ -56,9 +60,9 @@ class BatchedPredictor:
                 pending.cancel()
             raise InferenceFailed(f"inference failed for model {version.name!r} version {version.version!r}: {exc}") from exc
         labels = version.labels
-        outputs: dict[int, TextOutput] = {}
+        outputs: dict[int, Output] = {}
         for chunk, result in zip(chunks, results, strict=True):
             latency_ms = round(result.run_ms, 3)
             for index, row in zip(chunk, result.outputs, strict=True):
-                outputs[index] = TextOutput(scores=dict(zip(labels, map(float, row), strict=True)), latency_ms=latency_ms)
-        return [outputs[i] for i in range(len(texts))]
+                outputs[index] = Output(scores=dict(zip(labels, map(float, row), strict=True)), latency_ms=latency_ms)
+        return [outputs[i] for i in range(len(inputs))]

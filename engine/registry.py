@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engine.kinds import ModelKindName
+
 VersionStatus = Literal["active", "candidate", "retired"]
 StrategyType = Literal["pinned", "canary", "ab_test", "shadow"]
 
@@ -21,46 +23,98 @@ class _Strict(BaseModel):
 
 
 class VersionSpec(_Strict):
-    """One version of a model: an ONNX file and its lifecycle status."""
+    """One version of a model: an ONNX file (local path or ``s3://``) and its lifecycle status."""
 
-    path: str
+    path: str = Field(min_length=1)
     status: VersionStatus = "active"
     description: str = ""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Expected sha256 of the model file.")
+    tokenizer: str | None = Field(None, description="tokenizer.json location; default: beside the model file.")
+
+    def is_location_remote(self) -> bool:
+        return self.path.startswith("s3://")
 
 
 class RolloutStrategy(_Strict):
-    """How requests that name no version are spread over versions."""
+    """How requests that name no version are spread over versions.
+
+    - ``pinned``: always ``default_version``.
+    - ``canary``: ``canary_percentage`` of routing keys go to ``target_version``.
+    - ``ab_test``: routing keys split over ``weights`` (version -> relative weight).
+    - ``shadow``: ``default_version`` answers; ``target_version`` runs on the same inputs.
+    """
 
     type: StrategyType = "pinned"
     canary_percentage: float = Field(0.0, ge=0, le=100)
     target_version: str | None = None
+    weights: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> RolloutStrategy:
+        if self.type in ("canary", "shadow") and self.target_version is None:
+            raise ValueError(f"a {self.type} rollout needs target_version")
+        if self.type == "ab_test":
+            if not self.weights or len(self.weights) < 2:
+                raise ValueError("an ab_test rollout needs weights for at least two versions")
+            if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+                raise ValueError("ab_test weights must be non-negative and not all zero")
+        return self
+
+
+class ModelLimits(_Strict):
+    """Per-model limits that override the service-wide settings."""
+
+    max_inputs_per_request: int | None = Field(None, ge=1)
+    max_text_chars: int | None = Field(None, ge=1)
 
 
 class ModelSpec(_Strict):
+    kind: ModelKindName = "text_classification"
     default_version: str
     versions: dict[str, VersionSpec] = Field(min_length=1)
     rollout_strategy: RolloutStrategy = RolloutStrategy()
+    labels: list[str] | None = Field(None, min_length=2, description="Output labels; default: labels.json beside the model.")
+    limits: ModelLimits = ModelLimits()
 
     @model_validator(mode="after")
     def _versions_exist(self) -> ModelSpec:
-        if self.default_version not in self.versions:
-            raise ValueError(f"default_version {self.default_version!r} is not one of the versions {sorted(self.versions)}")
-        if self.versions[self.default_version].status == "retired":
-            raise ValueError(f"default_version {self.default_version!r} is retired")
-        target = self.rollout_strategy.target_version
-        if target is not None and target not in self.versions:
-            raise ValueError(f"rollout_strategy.target_version {target!r} is not one of the versions {sorted(self.versions)}")
+        def servable(field: str, version: str) -> None:
+            if version not in self.versions:
+                raise ValueError(f"{field} {version!r} is not one of the versions {sorted(self.versions)}")
+            if self.versions[version].status == "retired":
+                raise ValueError(f"{field} {version!r} is retired")
+
+        servable("default_version", self.default_version)
+        rollout = self.rollout_strategy
+        if rollout.target_version is not None:
+            servable("rollout_strategy.target_version", rollout.target_version)
+            if rollout.target_version == self.default_version and rollout.type in ("canary", "shadow"):
+                raise ValueError("rollout_strategy.target_version must differ from default_version")
+        for version in rollout.weights or {}:
+            servable("rollout_strategy.weights", version)
+        if self.kind == "tabular" and any(v.tokenizer for v in self.versions.values()):
+            raise ValueError("a tabular model takes no tokenizer")
         return self
+
+    def rollout_versions(self) -> list[str]:
+        """Versions that rollout sends traffic to, default first."""
+        rollout = self.rollout_strategy
+        extra = [rollout.target_version] if rollout.target_version and rollout.type != "pinned" else []
+        extra += list(rollout.weights or {}) if rollout.type == "ab_test" else []
+        return list(dict.fromkeys([self.default_version, *extra]))
 
 
 class Registry(_Strict):
     models: dict[str, ModelSpec] = Field(min_length=1)
     base_dir: Path = Path(".")
+    source_path: Path | None = None
 
-    def resolve_path(self, version: VersionSpec) -> Path:
-        """Version paths are relative to the registry file's folder."""
-        path = Path(version.path)
-        return path if path.is_absolute() else self.base_dir / path
+    def resolve_path(self, location: str) -> str:
+        """Local paths are relative to the registry file's folder; ``s3://`` locations are kept."""
+        if location.startswith("s3://"):
+            return location
+        path = Path(location)
+        return str(path if path.is_absolute() else self.base_dir / path)
 
 
 def load_registry(path: Path) -> Registry:
@@ -75,7 +129,7 @@ def load_registry(path: Path) -> Registry:
     if not isinstance(raw, dict):
         raise RegistryError(f"{path}: expected a mapping with a 'models' key")
     try:
-        return Registry.model_validate({**raw, "base_dir": path.resolve().parent})
+        return Registry.model_validate({**raw, "base_dir": path.resolve().parent, "source_path": path.resolve()})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
         raise RegistryError(f"{path}: invalid registry: {problems}") from exc

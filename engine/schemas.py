@@ -2,32 +2,57 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.config import JsonDict
+from typing import Any
 
-_PREDICT_EXAMPLE: JsonDict = {
-    "id": "req-001",
-    "texts": ["I love this product! Amazing quality.", "This is terrible"],
-    "model_version": "v1",
-}
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+_PREDICT_EXAMPLES: list[JsonValue] = [
+    {"id": "req-001", "texts": ["I love this product! Amazing quality.", "This is terrible"], "model_version": "v1"},
+    {"id": "req-002", "model": "iris", "instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+]
 
 
 class PredictRequest(BaseModel):
-    """A prediction request: one or more texts, run as one batch."""
+    """A prediction request: texts (text models) or instances (tabular models), run as one batch."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [_PREDICT_EXAMPLE]})
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": _PREDICT_EXAMPLES})
 
     id: str | None = Field(None, max_length=256, description="Request id echoed as request_id; generated when absent.")
-    texts: list[str] = Field(min_length=1, description="Texts to classify (limits: MAX_TEXTS_PER_REQUEST, MAX_TEXT_CHARS).")
-    model: str | None = Field(None, max_length=128, description="Model name; the default model when absent.")
-    model_version: str | None = Field(None, max_length=128, description="Pin a version; the model's default when absent.")
+    texts: list[str] | None = Field(
+        None, min_length=1, description="Texts for a text model (limits: MAX_TEXTS_PER_REQUEST, MAX_TEXT_CHARS)."
+    )
+    instances: list[list[Any]] | None = Field(None, min_length=1, description="Feature rows for a tabular model.")
+    model: str | None = Field(None, max_length=128, description="Model name; the registry's first model when absent.")
+    model_version: str | None = Field(None, max_length=128, description="Pin a version, bypassing rollout.")
+
+    @model_validator(mode="after")
+    def _one_input_kind(self) -> PredictRequest:
+        if (self.texts is None) == (self.instances is None):
+            raise ValueError("give exactly one of 'texts' (text models) or 'instances' (tabular models)")
+        return self
+
+    @property
+    def inputs(self) -> list[Any]:
+        return list(self.texts if self.texts is not None else self.instances or [])
 
 
 class TextResult(BaseModel):
     text: str
     prediction: str = Field(description="The label with the highest score.")
     scores: dict[str, float] = Field(description="Probability of each label; they sum to 1.")
-    latency_ms: float = Field(description="Runtime time of the batch that computed this text.")
+    latency_ms: float = Field(description="Runtime time of the batch that computed this input.")
+
+
+class InstanceResult(BaseModel):
+    instance: list[Any]
+    prediction: str = Field(description="The label with the highest score.")
+    scores: dict[str, float] = Field(description="Probability of each label; they sum to 1.")
+    latency_ms: float = Field(description="Runtime time of the batch that computed this input.")
+
+
+class RolloutInfo(BaseModel):
+    strategy: str = Field(description="pinned, canary, ab_test, shadow, or request (model_version was given).")
+    arm: str = Field(description="The version the strategy chose.")
 
 
 class PredictResponse(BaseModel):
@@ -36,7 +61,8 @@ class PredictResponse(BaseModel):
     request_id: str
     model: str
     model_version: str
-    results: list[TextResult]
+    rollout: RolloutInfo
+    results: list[TextResult | InstanceResult]
     latency_ms: float = Field(description="Time the engine spent on the whole request.")
 
 
@@ -45,17 +71,29 @@ class ModelHealth(BaseModel):
 
     name: str
     version: str
-    state: str = Field(description="loading, ready, failed or retired.")
+    state: str = Field(description="unloaded, loading, ready, failed or retired.")
     load_ms: float | None = None
     error: str | None = None
 
 
+class ReloadReport(BaseModel):
+    ok: bool
+    registry: str
+    error: str | None = None
+    added: list[str] = []
+    changed: list[str] = []
+    removed: list[str] = []
+    unchanged: list[str] = []
+    duration_ms: float = 0.0
+
+
 class HealthReport(BaseModel):
-    status: str = Field(description="active (all servable versions ready), degraded (some failed), loading, or unavailable.")
+    status: str = Field(description="active, degraded (some version failed), loading, or unavailable (a default version failed).")
     ready: bool = Field(description="True once every default version is loaded and warmed.")
-    active_models: list[str] = Field(description="Versions that are ready to serve.")
+    active_models: list[str] = Field(description="Versions that are loaded and ready to serve.")
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
     models: list[ModelHealth]
+    last_reload: ReloadReport | None = Field(None, description="The last registry reload, if any.")
 
 
 class ModelInfo(BaseModel):
@@ -63,10 +101,12 @@ class ModelInfo(BaseModel):
 
     name: str
     version: str
+    kind: str
     model_id: str = Field(description="Where the version comes from: the registry description and file.")
     status: str = Field(description="Registry status: active, candidate or retired.")
-    state: str = Field(description="Lifecycle: loading, ready, failed or retired.")
+    state: str = Field(description="Lifecycle: unloaded, loading, ready, failed or retired.")
     default: bool
+    rollout: dict[str, Any] = Field(description="The model's rollout strategy.")
     labels: list[str]
 
 

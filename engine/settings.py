@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -29,9 +30,17 @@ class Settings(BaseSettings):
     redis_cache_ttl: int = Field(3600, ge=1, description="Cache time-to-live in seconds.")
 
     auth_token: SecretStr = Field(SecretStr("secret-token"), description="Token expected in the X-Token header.")
+    admin_token: SecretStr | None = Field(None, description="Token for /admin endpoints (X-Admin-Token); unset disables them.")
 
     model_registry_path: Path = Field(Path("model_registry.yaml"), description="The YAML model registry.")
-    model_cache_size: int = Field(5, ge=1, description="Model sessions kept in memory.")
+    model_cache_size: int = Field(5, ge=1, description="Model versions kept loaded; the least recently used is evicted.")
+    model_cache_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "ml-inference-models", description="Where s3:// model files are downloaded (once per cold start)."
+    )
+    shadow_mode: Literal["background", "inline"] = Field(
+        "background", description="Shadow runs after the reply (server) or before it, within the same invocation (Lambda)."
+    )
+    shadow_timeout_ms: int = Field(2000, ge=1, description="Time budget of one shadow run.")
     batch_size: int = Field(32, ge=1, description="Largest batch sent to the runtime at once.")
     max_texts_per_request: int = Field(256, ge=1, description="More texts in one request gives 413.")
     max_text_chars: int = Field(10_000, ge=1, description="A longer text gives 413.")

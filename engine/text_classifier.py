@@ -26,14 +26,17 @@ class TextClassifier:
     ``run`` maps texts to one row of probabilities per text, in ``labels`` order.
     """
 
-    def __init__(self, model_path: Path, session_config: SessionConfig, labels: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, model_path: Path, session_config: SessionConfig, labels: Sequence[str] | None = None, tokenizer_path: Path | None = None
+    ) -> None:
         folder = model_path.parent
-        required = [model_path, folder / "tokenizer.json"] + ([] if labels is not None else [folder / "labels.json"])
+        tokenizer_path = tokenizer_path if tokenizer_path is not None else folder / "tokenizer.json"
+        required = [model_path, tokenizer_path] + ([] if labels is not None else [folder / "labels.json"])
         for path in required:
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing (build the default models with `make models`)")
         self.labels: tuple[str, ...] = tuple(labels if labels is not None else json.loads((folder / "labels.json").read_text()))
-        self.tokenizer = TextTokenizer.from_file(folder / "tokenizer.json")
+        self.tokenizer = TextTokenizer.from_file(tokenizer_path)
         self._session = open_session(model_path, session_config)
         inputs = {i.name for i in self._session.get_inputs()}
         if not _REQUIRED_INPUTS <= inputs:

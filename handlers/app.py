@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +19,7 @@ from pydantic import BaseModel
 
 from engine.facade import InferenceEngine
 from engine.factory import build_engine
-from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse
+from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse, ReloadReport
 from engine.settings import Settings
 from handlers.body import RequestBodyMiddleware
 from handlers.errors import error_response, install_error_handlers
@@ -36,6 +39,24 @@ class ErrorBody(BaseModel):
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
     return {status: {"model": ErrorBody} for status in statuses}
+
+
+def _reload_on_sighup(engine: InferenceEngine) -> None:
+    """Server mode: SIGHUP re-reads the registry, as POST /admin/reload does."""
+    loop = asyncio.get_running_loop()
+
+    def on_sighup() -> None:
+        loop.run_in_executor(None, engine.reload)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        logger.info("SIGHUP reload is not available in this process")
+
+
+def _stop_reload_on_sighup() -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
 
 # Declares the X-Token header for the OpenAPI docs; the check itself is _token_checked_route's.
@@ -69,10 +90,12 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_engine:
             await engine.start()
+            _reload_on_sighup(engine)
         try:
             yield
         finally:
             if manage_engine:
+                _stop_reload_on_sighup()
                 engine.close()
 
     app = FastAPI(
@@ -95,12 +118,23 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         summary="Classify one or more texts",
         tags=["inference"],
     )
-    async def predict(body: PredictRequest, response: Response) -> PredictResponse:
-        result = await engine.predict(body)
+    async def predict(body: PredictRequest, request: Request, response: Response) -> PredictResponse:
+        result = await engine.predict(body, routing_key=request.headers.get("x-routing-key"))
         response.headers["X-Request-ID"] = result.request_id
         return result
 
     app.include_router(protected)
+
+    @app.post(
+        f"{api}/admin/reload",
+        response_model=ReloadReport,
+        responses=_errors(401, 403, 409),
+        summary="Re-read the model registry",
+        tags=["operations"],
+    )
+    async def reload(request: Request) -> ReloadReport:
+        engine.authenticate_admin(request.headers.get("x-admin-token"))
+        return await asyncio.to_thread(engine.reload_or_raise)
 
     @app.get(f"{api}/models", response_model=ModelsReport, summary="List models and versions", tags=["models"])
     @app.get("/models", response_model=ModelsReport, include_in_schema=False)

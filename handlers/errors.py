@@ -13,12 +13,14 @@ from starlette.responses import JSONResponse
 
 from engine.errors import (
     EngineError,
+    Forbidden,
     InferenceFailed,
     InvalidInput,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
     PayloadTooLarge,
+    ReloadFailed,
     Unauthorized,
 )
 
@@ -27,11 +29,13 @@ logger = logging.getLogger(__name__)
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
     (Unauthorized, 401),
+    (Forbidden, 403),
     (ModelNotFound, 404),
     (PayloadTooLarge, 413),
     (InvalidInput, 422),
     (Overloaded, 503),
     (ModelNotReady, 503),
+    (ReloadFailed, 409),
     (InferenceFailed, 500),
 )
 RETRY_AFTER_SECONDS = "1"

@@ -36,9 +36,9 @@ def test_request_ids_are_generated_and_unique(engine: InferenceEngine) -> None:
 
 def test_large_request_runs_in_chunks_and_keeps_order(engine: InferenceEngine) -> None:
     texts = [("great " * (i % 7 + 1)) + f"film {i}" if i % 2 else f"awful film {i}" + " really" * (i % 5) for i in range(100)]
-    response = asyncio.run(engine.predict(PredictRequest(texts=texts)))
+    response = asyncio.run(engine.predict(PredictRequest(texts=texts, model_version="v1")))
     assert [r.text for r in response.results] == texts
-    solo = [asyncio.run(engine.predict(PredictRequest(texts=[t]))).results[0] for t in texts[:10]]
+    solo = [asyncio.run(engine.predict(PredictRequest(texts=[t], model_version="v1"))).results[0] for t in texts[:10]]
     for got, expected in zip(response.results[:10], solo, strict=True):
         for label in expected.scores:
             assert got.scores[label] == pytest.approx(expected.scores[label], abs=1e-4)
@@ -48,10 +48,10 @@ def test_concurrent_requests_are_batched_without_mixing_results(engine: Inferenc
     texts = [f"{w} story number {i}" for i, w in enumerate(["a delightful", "a dreadful", "an ordinary"] * 20)]
 
     async def many() -> list[object]:
-        return list(await asyncio.gather(*(engine.predict(PredictRequest(texts=[t])) for t in texts)))
+        return list(await asyncio.gather(*(engine.predict(PredictRequest(texts=[t], model_version="v1")) for t in texts)))
 
     responses = asyncio.run(many())
-    together = asyncio.run(engine.predict(PredictRequest(texts=texts))).results
+    together = asyncio.run(engine.predict(PredictRequest(texts=texts, model_version="v1"))).results
     for response, expected in zip(responses, together, strict=True):
         (result,) = response.results  # type: ignore[attr-defined]
         assert result.text == expected.text

@@ -59,8 +59,8 @@ def test_repository_registry_loads() -> None:
 def test_repository_registry_paths_point_at_the_built_models() -> None:
     registry = load_registry(REGISTRY_PATH)
     versions = registry.models["sentiment_analysis"].versions
-    assert registry.resolve_path(versions["v1"]) == V1_DIR / "model.onnx"
-    assert registry.resolve_path(versions["v2"]) == V2_DIR / "model.onnx"
+    assert registry.resolve_path(versions["v1"].path) == str(V1_DIR / "model.onnx")
+    assert registry.resolve_path(versions["v2"].path) == str(V2_DIR / "model.onnx")
 
 
 def test_paths_resolve_relative_to_the_registry_file_not_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,8 +73,8 @@ def test_paths_resolve_relative_to_the_registry_file_not_the_cwd(tmp_path: Path,
     registry = load_registry(Path("../conf/registry.yaml"))
     assert registry.base_dir == folder.resolve()
     v1 = registry.models["sentiment_analysis"].versions["v1"]
-    assert registry.resolve_path(v1) == folder.resolve() / "models/sentiment_v1/model.onnx"
-    assert registry.resolve_path(v1).is_absolute()
+    assert registry.resolve_path(v1.path) == str(folder.resolve() / "models/sentiment_v1/model.onnx")
+    assert Path(registry.resolve_path(v1.path)).is_absolute()
     assert path.is_file()
 
 
@@ -82,7 +82,7 @@ def test_absolute_version_paths_are_kept(tmp_path: Path) -> None:
     data = _valid()
     _model(data)["versions"]["v1"]["path"] = str(V1_DIR / "model.onnx")  # type: ignore[index]
     registry = load_registry(_write(tmp_path, data))
-    assert registry.resolve_path(registry.models["sentiment_analysis"].versions["v1"]) == V1_DIR / "model.onnx"
+    assert registry.resolve_path(registry.models["sentiment_analysis"].versions["v1"].path) == str(V1_DIR / "model.onnx")
 
 
 def test_defaults_of_optional_fields(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from engine.factory import build_engine
 from engine.registry import RegistryError
 from engine.repository import ModelState
 from engine.schemas import PredictRequest
-from tests.conftest import V1_DIR, make_settings
+from tests.conftest import V1_DIR, V2_DIR, make_settings
 
 
 def _registry(tmp_path: Path, versions: dict[str, dict[str, str]], default: str = "v1", strategy: str = "pinned") -> Path:
@@ -64,7 +64,7 @@ def test_a_failed_default_version_makes_the_service_unready(tmp_path: Path, mode
     with _loaded(registry) as engine:
         health = engine.health()
         assert (health.status, health.ready) == ("unavailable", False)
-        assert "make models" in str(next(m for m in health.models if m.version == "v1").error)
+        assert "not found" in str(next(m for m in health.models if m.version == "v1").error)
 
 
 def test_retired_versions_are_never_loaded_or_served(tmp_path: Path, models_dir: Path) -> None:
@@ -79,7 +79,52 @@ def test_retired_versions_are_never_loaded_or_served(tmp_path: Path, models_dir:
             asyncio.run(engine.predict(PredictRequest(texts=["hi"], model_version="v0")))
 
 
-def test_an_unsupported_rollout_strategy_is_refused_at_start(tmp_path: Path) -> None:
-    registry = _registry(tmp_path, {"v1": {"path": str(V1_DIR / "model.onnx")}}, strategy="canary")
-    with pytest.raises(RegistryError, match="rollout_strategy.type"):
+def test_an_invalid_rollout_is_refused_at_start(tmp_path: Path) -> None:
+    registry = _registry(tmp_path, {"v1": {"path": str(V1_DIR / "model.onnx")}}, strategy="canary")  # canary without a target
+    with pytest.raises(RegistryError, match="rollout_strategy.*target_version"):
         build_engine(make_settings(model_registry_path=registry))
+
+
+def test_lru_bound_evicts_the_least_recently_used_and_reloads_on_demand(tmp_path: Path, models_dir: Path) -> None:
+    registry = _registry(
+        tmp_path,
+        {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v2": {"path": str(V2_DIR / "model.onnx"), "status": "candidate"}},
+    )
+    engine = build_engine(make_settings(model_registry_path=registry, model_cache_size=1))
+    engine.load()
+    try:
+        states = lambda: {m.version: m.state for m in engine.health().models}  # noqa: E731
+        assert states() == {"v1": "ready", "v2": "unloaded"}
+        assert engine.health().status == "active"
+        v2 = asyncio.run(engine.predict(PredictRequest(texts=["I love this product"], model_version="v2")))
+        assert v2.results[0].prediction == "positive"
+        assert states() == {"v1": "unloaded", "v2": "ready"}
+        assert asyncio.run(engine.predict(PredictRequest(texts=["I love this product"]))).model_version == "v1"
+        assert states() == {"v1": "ready", "v2": "unloaded"}
+        evictions = engine.metrics.registry.get_sample_value(
+            "model_evictions_total", {"model": "sentiment_analysis", "model_version": "v1"}
+        )
+        assert evictions == 1
+    finally:
+        engine.close()
+
+
+def test_a_leased_version_is_not_evicted(tmp_path: Path, models_dir: Path) -> None:
+    registry = _registry(
+        tmp_path,
+        {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v2": {"path": str(V2_DIR / "model.onnx"), "status": "candidate"}},
+    )
+    engine = build_engine(make_settings(model_registry_path=registry, model_cache_size=1))
+    engine.load()
+    repository = engine.repository
+    try:
+        v1, v2 = repository.resolve("sentiment_analysis", "v1"), repository.resolve("sentiment_analysis", "v2")
+        assert repository.acquire(v1)  # an in-flight request holds v1
+        assert repository.ensure_loaded(v2)
+        assert (v1.state, v2.state) == (ModelState.READY, ModelState.READY)  # over the bound rather than break v1
+        repository.release(v1)  # back within the bound: v1 is now the least recently used idle version
+        assert (v1.state, v2.state) == (ModelState.UNLOADED, ModelState.READY)
+        assert asyncio.run(engine.predict(PredictRequest(texts=["fine"], model_version="v1"))).model_version == "v1"
+        assert (v1.state, v2.state) == (ModelState.READY, ModelState.UNLOADED)
+    finally:
+        engine.close()

@@ -6,6 +6,7 @@ import json
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -74,7 +75,9 @@ def test_several_texts_keep_their_order(client: httpx.Client, live_server: LiveS
     assert [r["text"] for r in body["results"]] == texts
     assert [r["prediction"] for r in body["results"]] == ["negative", "positive", "neutral", "positive"]
     assert len(body["request_id"]) == 32  # generated when the request has no id
-    assert body["model_version"] == "v1"  # the registry's default version
+    # No version asked for: the registry's 10% canary from v1 to v2 chose one.
+    assert body["rollout"] == {"strategy": "canary", "arm": body["model_version"]}
+    assert body["model_version"] in {"v1", "v2"}
 
 
 def test_pinned_version_answers(client: httpx.Client, live_server: LiveServer) -> None:
@@ -89,7 +92,7 @@ def test_concurrent_clients_get_their_own_results(live_server: LiveServer) -> No
 
     def one(text: str) -> dict[str, float]:
         with httpx.Client(base_url=live_server.base_url, timeout=30.0) as http:
-            response = http.post("/api/v1/predict", json={"texts": [text]}, headers=_auth(live_server))
+            response = http.post("/api/v1/predict", json={"texts": [text], "model_version": "v1"}, headers=_auth(live_server))
             assert response.status_code == 200, response.text
             result = response.json()["results"][0]
             assert result["text"] == text
@@ -99,7 +102,7 @@ def test_concurrent_clients_get_their_own_results(live_server: LiveServer) -> No
     with ThreadPoolExecutor(max_workers=16) as pool:
         concurrent_scores = list(pool.map(one, texts))
     with httpx.Client(base_url=live_server.base_url, timeout=30.0) as http:
-        solo = http.post("/api/v1/predict", json={"texts": texts}, headers=_auth(live_server)).json()["results"]
+        solo = http.post("/api/v1/predict", json={"texts": texts, "model_version": "v1"}, headers=_auth(live_server)).json()["results"]
     for got, expected in zip(concurrent_scores, solo, strict=True):
         for label, value in expected["scores"].items():
             assert got[label] == pytest.approx(value, abs=1e-4)
@@ -269,3 +272,74 @@ def test_api_prefix_is_configurable(engine: object) -> None:
 
     assert asyncio.run(_get(_in_process(engine, api_v1_str="/v2/"), "/v2/models")).status_code == 200
     assert asyncio.run(_get(_in_process(engine, api_v1_str="/v2/"), "/api/v1/models")).status_code == 404
+
+
+def test_routing_key_header_keys_sticky_rollout(client: httpx.Client, live_server: LiveServer) -> None:
+    from engine.rollout import Canary, routing_bucket
+
+    canary = Canary(stable="v1", canary="v2", percentage=10)
+    key = next(k for k in (f"user-{i}" for i in range(1000)) if canary.assign(routing_bucket("sentiment_analysis", k)).version == "v2")
+    headers = {**_auth(live_server), "X-Routing-Key": key}
+    versions = {
+        client.post("/api/v1/predict", json={"id": f"r{i}", "texts": ["ok"]}, headers=headers).json()["model_version"] for i in range(10)
+    }
+    assert versions == {"v2"}
+
+
+def test_admin_reload_over_http(tmp_path: Path, models_dir: Path) -> None:
+    import asyncio
+
+    from engine.factory import build_engine
+    from handlers.app import create_app
+    from tests.conftest import make_settings
+    from tests.registries import sentiment, write_registry
+
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+    disabled = build_engine(make_settings(model_registry_path=registry))
+    enabled = build_engine(make_settings(model_registry_path=registry, admin_token="admin-secret"))
+    enabled.load()
+
+    async def post(engine: object, headers: dict[str, str]) -> httpx.Response:
+        app = create_app(make_settings(model_registry_path=registry), engine, manage_engine=False)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            return await http.post("/api/v1/admin/reload", headers=headers)
+
+    try:
+        _assert_error(asyncio.run(post(disabled, {"X-Admin-Token": "anything"})), 403, "forbidden")
+        _assert_error(asyncio.run(post(enabled, {"X-Admin-Token": "wrong"})), 401, "unauthorized")
+        _assert_error(asyncio.run(post(enabled, {"X-Token": "admin-secret"})), 401, "unauthorized")
+        ok = asyncio.run(post(enabled, {"X-Admin-Token": "admin-secret"}))
+        assert ok.status_code == 200 and ok.json()["ok"] is True
+        assert ok.json()["unchanged"] == ["sentiment_analysis:v1", "sentiment_analysis:v2"]
+        registry.write_text("models: {}")
+        error = _assert_error(asyncio.run(post(enabled, {"X-Admin-Token": "admin-secret"})), 409, "reload_failed")
+        assert str(registry) in str(error["message"])
+    finally:
+        enabled.close()
+
+
+def test_sighup_reloads_the_registry_of_a_running_server(tmp_path: Path, models_dir: Path) -> None:
+    import signal
+    import time
+
+    from tests.handlers.conftest import start_server, stop_server
+    from tests.registries import V1_MODEL, sentiment, write_registry
+
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment({"v1": {"path": V1_MODEL}})})
+    process, base_url = start_server(tmp_path / "server.log", MODEL_REGISTRY_PATH=str(registry))
+    try:
+        assert [m["version"] for m in httpx.get(f"{base_url}/models").json()["models"]] == ["v1"]
+        write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        versions: list[str] = []
+        while time.monotonic() < deadline:
+            versions = [m["version"] for m in httpx.get(f"{base_url}/models").json()["models"]]
+            if versions == ["v1", "v2"]:
+                break
+            time.sleep(0.1)
+        assert versions == ["v1", "v2"], (tmp_path / "server.log").read_text()
+        health = httpx.get(f"{base_url}/health").json()
+        assert health["last_reload"]["ok"] is True and health["last_reload"]["added"] == ["sentiment_analysis:v2"]
+    finally:
+        stop_server(process)

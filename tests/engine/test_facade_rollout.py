@@ -1,0 +1,141 @@
+"""Rollout through the engine: canary routing, pinned bypass, shadow runs and their failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from engine.facade import InferenceEngine
+from engine.factory import build_engine
+from engine.rollout import Canary, routing_bucket
+from engine.schemas import PredictRequest
+from tests.conftest import V1_DIR, V2_DIR, make_settings
+from tests.registries import V1_MODEL, sentiment, write_registry
+
+CANARY = {"type": "canary", "canary_percentage": 10, "target_version": "v2"}
+
+
+@contextmanager
+def engine_for(registry: Path, **settings: object) -> Iterator[InferenceEngine]:
+    engine = build_engine(make_settings(model_registry_path=registry, **settings))
+    engine.load()
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _sample(engine: InferenceEngine, name: str, **labels: str) -> float:
+    return engine.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_canary_routes_each_request_id_as_the_strategy_says(tmp_path: Path, models_dir: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(rollout=CANARY)})
+    canary = Canary(stable="v1", canary="v2", percentage=10)
+    with engine_for(registry) as engine:
+
+        async def run() -> list[tuple[str, str]]:
+            ids = [f"req-{i}" for i in range(400)]
+            responses = await asyncio.gather(*(engine.predict(PredictRequest(id=i, texts=["fine"])) for i in ids))
+            return [(r.request_id, r.model_version) for r in responses]
+
+        answered = asyncio.run(run())
+        for request_id, version in answered:
+            assert version == canary.assign(routing_bucket("sentiment_analysis", request_id)).version
+        assert {v for _, v in answered} == {"v1", "v2"}
+        v2 = _sample(engine, "rollout_assignments_total", model="sentiment_analysis", strategy="canary", arm="v2")
+        assert v2 == sum(v == "v2" for _, v in answered)
+
+
+def test_routing_key_wins_over_the_request_id_and_is_sticky(tmp_path: Path, models_dir: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(rollout=CANARY)})
+    canary = Canary(stable="v1", canary="v2", percentage=10)
+    key = next(k for k in (f"user-{i}" for i in range(1000)) if canary.assign(routing_bucket("sentiment_analysis", k)).version == "v2")
+    with engine_for(registry) as engine:
+        versions = {
+            asyncio.run(engine.predict(PredictRequest(id=f"id-{i}", texts=["ok"]), routing_key=key)).model_version for i in range(20)
+        }
+        assert versions == {"v2"}
+
+
+def test_model_version_bypasses_rollout(tmp_path: Path, models_dir: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(rollout={**CANARY, "canary_percentage": 100})})
+    with engine_for(registry) as engine:
+        response = asyncio.run(engine.predict(PredictRequest(texts=["ok"], model_version="v1")))
+        assert (response.model_version, response.rollout.strategy, response.rollout.arm) == ("v1", "request", "v1")
+        assert asyncio.run(engine.predict(PredictRequest(texts=["ok"]))).model_version == "v2"
+
+
+def test_ab_test_arm_is_reported(tmp_path: Path, models_dir: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(rollout={"type": "ab_test", "weights": {"v1": 1, "v2": 1}})})
+    with engine_for(registry) as engine:
+        arms = {asyncio.run(engine.predict(PredictRequest(id=f"u{i}", texts=["ok"]))).rollout.arm for i in range(40)}
+        assert arms == {"v1", "v2"}
+        total = sum(_sample(engine, "rollout_assignments_total", model="sentiment_analysis", strategy="ab_test", arm=a) for a in arms)
+        assert total == 40
+
+
+TEXTS = ["I love this product", "This is terrible", "A young girl travels to a distant planet.", "It was fine, I guess."]
+
+
+@pytest.mark.parametrize("mode", ["background", "inline"])
+def test_shadow_agreement_is_recorded(tmp_path: Path, models_dir: Path, mode: str) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(rollout={"type": "shadow", "target_version": "v2"})})
+    with engine_for(registry, shadow_mode=mode) as engine:
+
+        async def run() -> None:
+            response = await engine.predict(PredictRequest(texts=TEXTS))
+            assert (response.model_version, response.rollout.strategy) == ("v1", "shadow")
+            if mode == "background":
+                await engine.drain_shadows()
+
+        asyncio.run(run())
+        labels = {"model": "sentiment_analysis", "primary_version": "v1", "shadow_version": "v2"}
+        agree = _sample(engine, "shadow_predictions_total", agreement="agree", **labels)
+        disagree = _sample(engine, "shadow_predictions_total", agreement="disagree", **labels)
+        assert agree + disagree == len(TEXTS)
+        assert agree >= 3  # int8 and fp32 agree on clear texts
+
+
+def _failing_copy(tmp_path: Path) -> Path:
+    """A real copy of v2 whose tokenizer maps 'terrible' past the embedding table: ONNX Runtime
+    fails at run time for any text with that word, and loads and warms up fine otherwise."""
+    folder = tmp_path / "broken_v2"
+    folder.mkdir()
+    (folder / "model.onnx").symlink_to(V2_DIR / "model.onnx")
+    (folder / "labels.json").write_bytes((V2_DIR / "labels.json").read_bytes())
+    tokenizer = json.loads((V1_DIR / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"]["terrible"] = 40_000
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return folder / "model.onnx"
+
+
+def test_shadow_failure_never_reaches_the_client(tmp_path: Path, models_dir: Path) -> None:
+    versions = {"v1": {"path": V1_MODEL}, "v2": {"path": str(_failing_copy(tmp_path)), "status": "candidate"}}
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(versions, rollout={"type": "shadow", "target_version": "v2"})})
+    with engine_for(registry, shadow_mode="inline") as engine:
+        response = asyncio.run(engine.predict(PredictRequest(texts=TEXTS)))
+        assert [r.prediction for r in response.results][:2] == ["positive", "negative"]
+        assert _sample(engine, "shadow_failures_total", model="sentiment_analysis", shadow_version="v2", reason="error") == 1
+        # The same shadow works for texts it can encode: the failure was the run, not the load.
+        asyncio.run(engine.predict(PredictRequest(texts=["I love this product"])))
+        assert (
+            _sample(
+                engine, "shadow_predictions_total", model="sentiment_analysis", primary_version="v1", shadow_version="v2", agreement="agree"
+            )
+            == 1
+        )
+
+
+def test_slow_shadow_is_cut_off_by_its_time_budget(tmp_path: Path, models_dir: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(rollout={"type": "shadow", "target_version": "v2"})})
+    long_texts = [f"{'a long and winding review of a long and winding film ' * 8} {i}" for i in range(64)]
+    with engine_for(registry, shadow_mode="inline", shadow_timeout_ms=1) as engine:
+        response = asyncio.run(engine.predict(PredictRequest(texts=long_texts)))
+        assert len(response.results) == 64
+        assert _sample(engine, "shadow_failures_total", model="sentiment_analysis", shadow_version="v2", reason="timeout") == 1

@@ -1,0 +1,32 @@
+"""Registry files for tests, pointing at the built models by absolute path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import V1_DIR, V2_DIR
+
+V1_MODEL = str(V1_DIR / "model.onnx")
+V2_MODEL = str(V2_DIR / "model.onnx")
+
+
+def sentiment(
+    versions: dict[str, dict[str, Any]] | None = None, default: str = "v1", rollout: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A sentiment_analysis model entry; by default v1 (fp32) and v2 (int8), pinned to v1."""
+    return {
+        "default_version": default,
+        "versions": versions
+        if versions is not None
+        else {"v1": {"path": V1_MODEL, "status": "active"}, "v2": {"path": V2_MODEL, "status": "candidate"}},
+        "rollout_strategy": rollout or {"type": "pinned"},
+    }
+
+
+def write_registry(folder: Path, models: dict[str, dict[str, Any]], name: str = "registry.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
+    return path
