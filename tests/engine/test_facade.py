@@ -69,7 +69,7 @@ def test_limits_give_payload_too_large(models_dir: object) -> None:
 
 
 def test_unknown_model_or_version(engine: InferenceEngine) -> None:
-    with pytest.raises(ModelNotFound, match="available: \\['sentiment_analysis'\\]"):
+    with pytest.raises(ModelNotFound, match="available: \\['iris', 'sentiment_analysis'\\]"):
         asyncio.run(engine.predict(PredictRequest(texts=["a"], model="other")))
     with pytest.raises(VersionNotFound, match="servable versions: \\['v1', 'v2'\\]"):
         asyncio.run(engine.predict(PredictRequest(texts=["a"], model_version="v3")))
@@ -84,10 +84,15 @@ def test_authenticate(engine: InferenceEngine) -> None:
 
 def test_health_and_models(engine: InferenceEngine) -> None:
     health = engine.health()
-    assert (health.status, health.ready, health.active_models) == ("active", True, ["v1", "v2"])
+    assert (health.status, health.ready) == ("active", True)
+    assert health.active_models == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1"]
     assert health.providers == ["CPUExecutionProvider"]
     assert all(m.load_ms is not None and m.load_ms > 0 for m in health.models)
     listing = engine.list_models()
-    assert listing.total == 2
-    assert [(m.version, m.status, m.default) for m in listing.models] == [("v1", "active", True), ("v2", "candidate", False)]
+    assert listing.total == 3
+    assert [(m.name, m.version, m.status, m.default, m.kind) for m in listing.models] == [
+        ("sentiment_analysis", "v1", "active", True, "text_classification"),
+        ("sentiment_analysis", "v2", "candidate", False, "text_classification"),
+        ("iris", "v1", "active", True, "tabular"),
+    ]
     assert listing.models[0].labels == ["negative", "neutral", "positive"]

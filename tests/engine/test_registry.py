@@ -52,7 +52,9 @@ def test_repository_registry_loads() -> None:
     assert set(model.versions) == {"v1", "v2"}
     assert model.versions["v1"].status == "active"
     assert model.versions["v2"].status == "candidate"
-    assert model.rollout_strategy.type == "pinned"
+    rollout = model.rollout_strategy
+    assert (rollout.type, rollout.canary_percentage, rollout.target_version) == ("canary", 10, "v2")
+    assert registry.models["iris"].kind == "tabular"
     assert registry.base_dir == REPO_ROOT
 
 

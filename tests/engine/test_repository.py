@@ -48,7 +48,7 @@ def test_a_version_that_fails_to_load_is_failed_and_the_rest_serve(tmp_path: Pat
     )
     with _loaded(registry) as engine:
         health = engine.health()
-        assert (health.status, health.ready, health.active_models) == ("degraded", True, ["v1"])
+        assert (health.status, health.ready, health.active_models) == ("degraded", True, ["sentiment_analysis:v1"])
         failed = next(m for m in health.models if m.version == "v3")
         assert failed.state == ModelState.FAILED.value and failed.error
         with pytest.raises(ModelNotReady, match="failed"):

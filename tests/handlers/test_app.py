@@ -198,20 +198,22 @@ def test_health_reports_ready_models_and_providers(client: httpx.Client) -> None
     body = response.json()
     assert body["status"] == "active"
     assert body["ready"] is True
-    assert body["active_models"] == ["v1", "v2"]
+    assert body["active_models"] == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1"]
     assert "CPUExecutionProvider" in body["providers"]
-    assert {(m["version"], m["state"]) for m in body["models"]} == {("v1", "ready"), ("v2", "ready")}
+    states = {(m["name"], m["version"], m["state"]) for m in body["models"]}
+    assert states == {("sentiment_analysis", "v1", "ready"), ("sentiment_analysis", "v2", "ready"), ("iris", "v1", "ready")}
 
 
 @pytest.mark.parametrize("path", ["/models", "/api/v1/models"])
 def test_models_lists_versions(client: httpx.Client, path: str) -> None:
     body = client.get(path).json()
-    assert body["total"] == 2
-    by_version = {m["version"]: m for m in body["models"]}
-    assert by_version["v1"]["name"] == "sentiment_analysis"
-    assert by_version["v1"]["default"] is True and by_version["v1"]["status"] == "active"
-    assert by_version["v2"]["status"] == "candidate"
-    assert "model.onnx" in by_version["v2"]["model_id"]
+    assert body["total"] == 3
+    by_version = {(m["name"], m["version"]): m for m in body["models"]}
+    v1, v2, iris = by_version["sentiment_analysis", "v1"], by_version["sentiment_analysis", "v2"], by_version["iris", "v1"]
+    assert v1["default"] is True and v1["status"] == "active" and v1["kind"] == "text_classification"
+    assert v2["status"] == "candidate" and "model.onnx" in v2["model_id"]
+    assert v1["rollout"] == {"type": "canary", "canary_percentage": 10.0, "target_version": "v2"}
+    assert iris["kind"] == "tabular" and iris["labels"] == ["setosa", "versicolor", "virginica"]
 
 
 def test_metrics_count_requests_by_model_and_version(client: httpx.Client, live_server: LiveServer) -> None:
@@ -223,7 +225,7 @@ def test_metrics_count_requests_by_model_and_version(client: httpx.Client, live_
     text = response.text
     assert 'inference_requests_total{model="sentiment_analysis",model_version="v2",outcome="ok"}' in text
     assert 'inference_latency_ms_bucket{le="+Inf",model="sentiment_analysis",model_version="v2"}' in text
-    assert "active_models 2.0" in text
+    assert "active_models 3.0" in text
     assert "attacker-chosen-label" not in text  # label values stay bounded
 
 
@@ -343,3 +345,34 @@ def test_sighup_reloads_the_registry_of_a_running_server(tmp_path: Path, models_
         assert health["last_reload"]["ok"] is True and health["last_reload"]["added"] == ["sentiment_analysis:v2"]
     finally:
         stop_server(process)
+
+
+def test_tabular_model_end_to_end(client: httpx.Client, live_server: LiveServer) -> None:
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 2.8, 4.3, 1.3]]
+    response = client.post("/api/v1/predict", json={"id": "iris-1", "model": "iris", "instances": rows}, headers=_auth(live_server))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["model_version"], body["rollout"]["strategy"]) == ("iris", "v1", "pinned")
+    assert [r["instance"] for r in body["results"]] == rows
+    assert [r["prediction"] for r in body["results"]] == ["setosa", "virginica", "versicolor"]
+    assert all(sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-5) for r in body["results"])
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"model": "iris", "instances": [[5.1, 3.5, 1.4]]}, "4"),
+        ({"model": "iris", "instances": [[5.1, 3.5, 1.4, "x"]]}, "number"),
+        ({"model": "iris", "instances": [[5.1, 3.5, 1.4, True]]}, "number"),
+        ({"model": "iris", "texts": ["a flower"]}, "instances"),
+        ({"texts": ["ok"], "instances": [[1, 2, 3, 4]]}, "exactly one"),
+        ({"model": "sentiment_analysis", "instances": [[1, 2, 3, 4]]}, "texts"),
+    ],
+    ids=["short-row", "string", "bool", "texts-to-tabular", "both", "instances-to-text"],
+)
+def test_tabular_inputs_are_checked_against_the_signature(
+    client: httpx.Client, live_server: LiveServer, body: dict[str, object], fragment: str
+) -> None:
+    response = client.post("/api/v1/predict", json=body, headers=_auth(live_server))
+    assert response.status_code == 422, response.text
+    assert fragment in response.text

@@ -12,7 +12,17 @@ import onnx
 import pytest
 
 from engine.modelbuild import dataset
-from engine.modelbuild.build import BUILD_COMMAND, MANIFEST, MODEL_NAME, VERSIONS, build_key, is_up_to_date, locate_sources, sha256_file
+from engine.modelbuild.build import (
+    BUILD_COMMAND,
+    MANIFEST,
+    MODEL_NAME,
+    TABULAR,
+    VERSIONS,
+    build_key,
+    is_up_to_date,
+    locate_sources,
+    sha256_file,
+)
 
 FILES = ("model.onnx", "tokenizer.json", "labels.json", "model_card.json", "MODEL_CARD.md")
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -58,8 +68,13 @@ def test_an_unchanged_copy_is_up_to_date(models_copy: Path, key: str) -> None:
     assert is_up_to_date(models_copy, key)
 
 
-def test_one_changed_byte_in_v2_model_is_not_up_to_date(models_copy: Path, key: str) -> None:
-    model = models_copy / "sentiment_v2" / "model.onnx"
+def test_tabular_models_are_iris_v1() -> None:
+    assert TABULAR == {"iris/v1": "iris_v1"}
+
+
+@pytest.mark.parametrize("folder", ["sentiment_v2", "iris_v1"])
+def test_one_changed_byte_in_a_model_is_not_up_to_date(models_copy: Path, key: str, folder: str) -> None:
+    model = models_copy / folder / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))
@@ -81,6 +96,19 @@ def test_missing_manifest_or_model_is_not_up_to_date(models_copy: Path, key: str
     assert not is_up_to_date(models_copy, key)
 
 
+def test_missing_iris_model_is_not_up_to_date(models_copy: Path, key: str) -> None:
+    (models_copy / "iris_v1" / "model.onnx").unlink()
+    assert not is_up_to_date(models_copy, key)
+
+
+def test_a_manifest_without_the_iris_entry_is_not_up_to_date(models_copy: Path, key: str) -> None:
+    manifest_path = models_copy / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["tabular"]["iris/v1"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert not is_up_to_date(models_copy, key)
+
+
 def test_each_version_folder_has_every_file(models_dir: Path) -> None:
     for spec in VERSIONS:
         folder = models_dir / spec.folder
@@ -97,6 +125,12 @@ def test_manifest_matches_the_files(models_dir: Path, key: str, cards: dict[str,
         assert entry["folder"] == spec.folder
         assert entry["sha256"] == sha256_file(models_dir / spec.folder / "model.onnx")
         assert entry["accuracy"] == cards[spec.version]["evaluation"]["accuracy"]
+    for name, folder in TABULAR.items():
+        entry = manifest["tabular"][name]
+        card = json.loads((models_dir / folder / "model_card.json").read_text())
+        assert entry["folder"] == folder
+        assert entry["sha256"] == sha256_file(models_dir / folder / "model.onnx") == card["sha256"]
+        assert entry["accuracy"] == card["evaluation"]["accuracy"]
 
 
 def test_card_sha256_is_the_file_sha256(models_dir: Path, cards: dict[str, dict[str, Any]]) -> None:
