@@ -309,3 +309,35 @@ def test_local_missing_sidecar_names_it(tmp_path: Path) -> None:
 def test_source_for_picks_by_scheme(tmp_path: Path) -> None:
     assert isinstance(source_for(MODEL_URI, base_dir=tmp_path, cache_dir=tmp_path), S3Source)
     assert isinstance(source_for("models/v1/model.onnx", base_dir=tmp_path, cache_dir=tmp_path), LocalSource)
+
+
+# --- through the engine: a registry version on S3 ----------------------------------------------
+
+
+@pytest.mark.parametrize("checksum", ["right", "wrong"])
+def test_registry_version_on_s3_loads_or_is_rejected_by_checksum(endpoint: str, tmp_path: Path, v1_sha256: str, checksum: str) -> None:
+    import asyncio
+
+    from engine.factory import build_engine
+    from engine.schemas import PredictRequest
+    from tests.conftest import make_settings
+    from tests.registries import V1_MODEL, sentiment, write_registry
+
+    sha = v1_sha256 if checksum == "right" else "0" * 64
+    versions = {"v1": {"path": V1_MODEL}, "s3": {"path": f"s3://{BUCKET}/{PREFIX}/model.onnx", "sha256": sha, "status": "candidate"}}
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(versions, rollout={"type": "shadow", "target_version": "s3"})})
+    engine = build_engine(make_settings(model_registry_path=registry, model_cache_dir=tmp_path / "cache"))
+    engine.load()
+    try:
+        states = {m.version: (m.state, m.error) for m in engine.health().models}
+        if checksum == "right":
+            assert states["s3"] == ("ready", None)
+            response = asyncio.run(engine.predict(PredictRequest(texts=["I love this product"], model_version="s3")))
+            assert response.results[0].prediction == "positive"
+        else:
+            state, error = states["s3"]
+            assert state == "failed" and "ChecksumMismatch" in str(error)
+            assert engine.health().status == "degraded"
+            assert not (tmp_path / "cache" / BUCKET / PREFIX / "model.onnx").exists()
+    finally:
+        engine.close()
