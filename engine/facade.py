@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.cache.keys import key_prefix
+from engine.cache.predictor import CachingPredictor
 from engine.errors import (
     EngineError,
     Forbidden,
@@ -28,6 +30,7 @@ from engine.registry import ModelSpec, Registry, RegistryError, load_registry
 from engine.repository import Key, ModelRepository, ModelState, ModelVersion
 from engine.rollout import Assignment, Strategy, routing_bucket, strategy_for
 from engine.schemas import (
+    CacheHealth,
     HealthReport,
     InstanceResult,
     ModelHealth,
@@ -116,6 +119,33 @@ class InferenceEngine:
             task.cancel()
         self.repository.close()
 
+    async def aclose(self) -> None:
+        """Close what belongs to the running event loop (the cache's connections), then the rest."""
+        if isinstance(self._predictor, CachingPredictor):
+            await self._predictor.aclose()
+        self.close()
+
+    # -- cache ----------------------------------------------------------------------------
+
+    def _cache_health(self) -> CacheHealth:
+        if isinstance(self._predictor, CachingPredictor):
+            state = self._predictor.state
+            self.metrics.cache_state.set({"ok": 0, "degraded": 1, "open": 2}.get(state, 2))
+            return CacheHealth(backend=self._predictor.backend, state=state)
+        return CacheHealth(backend="none", state="ok")
+
+    async def invalidate_cache(self, model: str | None, version: str | None) -> int:
+        """Delete cached results of one model (and version), or of everything."""
+        if version is not None and model is None:
+            raise InvalidInput("give 'model' with 'version'")
+        if not isinstance(self._predictor, CachingPredictor):
+            return 0
+        return await self._predictor.invalidate(key_prefix(model, version) if model is not None else "")
+
+    def render_metrics(self) -> bytes:
+        self._cache_health()  # refresh the cache state gauge
+        return self.metrics.render()
+
     # -- auth -------------------------------------------------------------------------------
 
     def authenticate(self, token: str | None) -> None:
@@ -198,9 +228,15 @@ class InferenceEngine:
         results: list[TextResult | InstanceResult] = []
         for item, out in zip(request.inputs, outputs, strict=True):
             if request.texts is not None:
-                results.append(TextResult(text=item, prediction=_top(out.scores), scores=out.scores, latency_ms=out.latency_ms))
+                results.append(
+                    TextResult(text=item, prediction=_top(out.scores), scores=out.scores, latency_ms=out.latency_ms, cached=out.cached)
+                )
             else:
-                results.append(InstanceResult(instance=item, prediction=_top(out.scores), scores=out.scores, latency_ms=out.latency_ms))
+                results.append(
+                    InstanceResult(
+                        instance=item, prediction=_top(out.scores), scores=out.scores, latency_ms=out.latency_ms, cached=out.cached
+                    )
+                )
         latency_ms = (time.perf_counter() - started) * 1000.0
         self.metrics.requests.labels(name, entry.version, "ok").inc()
         self.metrics.texts.labels(name, entry.version).inc(len(results))
@@ -350,6 +386,7 @@ class InferenceEngine:
                 for v in versions
             ],
             last_reload=self._last_reload,
+            cache=self._cache_health(),
         )
 
     def list_models(self) -> ModelsReport:

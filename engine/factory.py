@@ -6,17 +6,37 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry
 
+from engine.cache import CacheConfig, build_cache
+from engine.cache.predictor import CachingPredictor
 from engine.facade import InferenceEngine
 from engine.metrics import Metrics
+from engine.predictor import BatchedPredictor, Predictor
 from engine.registry import Registry, load_registry
 from engine.repository import Key, ModelRepository, ModelVersion
 from engine.session import SessionConfig
 from engine.settings import Settings
 
 
+def cache_config(settings: Settings) -> CacheConfig:
+    return CacheConfig(
+        backend=settings.cache_backend,
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+        username=settings.redis_username,
+        url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+        tls=settings.redis_tls,
+        cluster=settings.redis_cluster,
+        timeout_ms=settings.redis_timeout_ms,
+        memory_max_entries=settings.cache_max_entries,
+    )
+
+
 def build_engine(settings: Settings, registry: CollectorRegistry | None = None) -> InferenceEngine:
     """Validate the registry and wire the engine; models load on ``load()`` / ``start()``."""
     metrics = Metrics(registry)
+    caching = settings.cache_backend != "none"
     session_config = SessionConfig(intra_op_threads=settings.intra_op_threads, providers=settings.provider_list())
 
     def make_repository(model_registry: Registry, reuse: Mapping[Key, ModelVersion] | None) -> ModelRepository:
@@ -29,6 +49,17 @@ def build_engine(settings: Settings, registry: CollectorRegistry | None = None) 
             capacity=settings.model_cache_size,
             cache_dir=settings.model_cache_dir,
             reuse=reuse,
+            digests=caching,
         )
 
-    return InferenceEngine(settings, load_registry(settings.model_registry_path), make_repository, metrics)
+    config = cache_config(settings)
+    predictor: Predictor = BatchedPredictor()
+    if caching:
+        predictor = CachingPredictor(
+            predictor,
+            lambda: build_cache(config, on_error=lambda operation: metrics.cache_errors.labels(operation).inc()),
+            metrics,
+            ttl_s=settings.redis_cache_ttl,
+            backend=settings.cache_backend,
+        )
+    return InferenceEngine(settings, load_registry(settings.model_registry_path), make_repository, metrics, predictor)

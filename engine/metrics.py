@@ -64,6 +64,18 @@ class Metrics:
         self.shadow_failures = Counter(
             "shadow_failures", "Shadow runs that failed or ran out of time.", ["model", "shadow_version", "reason"], registry=self.registry
         )
+        self.cache_hits = Counter(
+            "cache_hits", "Inputs answered from the result cache.", ["model", "model_version", "tier"], registry=self.registry
+        )
+        self.cache_misses = Counter("cache_misses", "Inputs not in the result cache.", ["model", "model_version"], registry=self.registry)
+        self.cache_coalesced = Counter(
+            "cache_coalesced",
+            "Misses served by an identical in-flight computation.",
+            ["model", "model_version"],
+            registry=self.registry,
+        )
+        self.cache_errors = Counter("cache_errors", "Failed cache calls (counted as misses).", ["operation"], registry=self.registry)
+        self.cache_state = Gauge("cache_state", "Result cache state: 0 ok, 1 degraded, 2 open.", registry=self.registry)
         self.registry_reloads = Counter("registry_reloads", "Registry reloads by outcome.", ["outcome"], registry=self.registry)
 
     def render(self) -> bytes:

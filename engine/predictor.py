@@ -20,6 +20,7 @@ from engine.repository import ModelVersion
 class Output:
     scores: dict[str, float]
     latency_ms: float
+    cached: bool = False
 
 
 class Predictor(Protocol):

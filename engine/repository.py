@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.batcher import ContinuousBatcher
+from engine.cache.keys import content_digest
 from engine.errors import ModelNotFound, ModelNotReady, VersionNotFound
 from engine.kinds import ClassifierModel, ModelKindName, load_model
 from engine.metrics import Metrics
@@ -22,6 +23,7 @@ from engine.sources import LocalSource, ModelSource, S3Source
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+_SIDECARS = ("tokenizer.json", "labels.json")
 
 
 class ModelState(enum.Enum):
@@ -48,6 +50,7 @@ class ModelVersion:
     load_ms: float | None = None
     model: ClassifierModel | None = field(default=None, repr=False)
     batcher: ContinuousBatcher | None = field(default=None, repr=False)
+    digest: str | None = None  # content digest of the model's files, for result-cache keys
     leases: int = 0
     retiring: bool = False
     load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -87,6 +90,7 @@ class ModelRepository:
         capacity: int,
         cache_dir: Path,
         reuse: Mapping[Key, ModelVersion] | None = None,
+        digests: bool = False,
     ) -> None:
         self.registry = registry
         self._session_config = session_config
@@ -95,6 +99,7 @@ class ModelRepository:
         self._max_queued = max_queued
         self._capacity = capacity
         self._cache_dir = cache_dir
+        self._digests = digests
         self._local = LocalSource(registry.base_dir)
         self._s3: S3Source | None = None
         self._lock = threading.RLock()
@@ -192,6 +197,9 @@ class ModelRepository:
                 tokenizer_path = self._source(tokenizer_location).fetch(tokenizer_location, sha256=None, sidecars=())
             model = load_model(entry.kind, model_path, self._session_config, labels=entry.labels_override, tokenizer_path=tokenizer_path)
             model.warm_up()
+            if self._digests:  # replacing any file of the version changes its cache keys
+                files = [model_path, *(p for p in model_path.parent.iterdir() if p.name in _SIDECARS)]
+                entry.digest = content_digest(files + ([tokenizer_path] if tokenizer_path else []))
         except Exception as exc:  # any load failure marks this version FAILED; the others still serve
             entry.state, entry.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             self._metrics.model_loads.labels(entry.name, entry.version, "failed").inc()
@@ -222,9 +230,9 @@ class ModelRepository:
     def _fetch(self, location: str, entry: ModelVersion) -> Path:
         sidecars = []
         if entry.kind == "text_classification" and not entry.spec.tokenizer:
-            sidecars.append("tokenizer.json")
+            sidecars.append(_SIDECARS[0])
         if entry.labels_override is None:
-            sidecars.append("labels.json")
+            sidecars.append(_SIDECARS[1])
         return self._source(location).fetch(location, sha256=entry.spec.sha256, sidecars=sidecars)
 
     def _batch_observer(self, labels: Key) -> Callable[[int, float], None]:

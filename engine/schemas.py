@@ -40,14 +40,21 @@ class TextResult(BaseModel):
     text: str
     prediction: str = Field(description="The label with the highest score.")
     scores: dict[str, float] = Field(description="Probability of each label; they sum to 1.")
-    latency_ms: float = Field(description="Runtime time of the batch that computed this input.")
+    latency_ms: float = Field(description="Runtime time of the batch that computed this input (lookup time when cached).")
+    cached: bool = Field(False, description="True when the result came from the result cache.")
 
 
 class InstanceResult(BaseModel):
     instance: list[Any]
     prediction: str = Field(description="The label with the highest score.")
     scores: dict[str, float] = Field(description="Probability of each label; they sum to 1.")
-    latency_ms: float = Field(description="Runtime time of the batch that computed this input.")
+    latency_ms: float = Field(description="Runtime time of the batch that computed this input (lookup time when cached).")
+    cached: bool = Field(False, description="True when the result came from the result cache.")
+
+
+class CacheHealth(BaseModel):
+    backend: str = Field(description="memory, redis, tiered or none.")
+    state: str = Field(description="ok, degraded (recent failures) or open (Redis skipped until a probe succeeds).")
 
 
 class RolloutInfo(BaseModel):
@@ -94,6 +101,7 @@ class HealthReport(BaseModel):
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
     models: list[ModelHealth]
     last_reload: ReloadReport | None = Field(None, description="The last registry reload, if any.")
+    cache: CacheHealth | None = None
 
 
 class ModelInfo(BaseModel):

@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     redis_db: int = Field(0, description="Redis database number.")
     redis_password: SecretStr | None = Field(None, description="Redis password, if any.")
     redis_cache_ttl: int = Field(3600, ge=1, description="Cache time-to-live in seconds.")
+    redis_url: SecretStr | None = Field(None, description="redis:// or rediss:// URL; wins over REDIS_HOST/PORT/DB/PASSWORD.")
+    redis_username: str | None = Field(None, description="Redis ACL / ElastiCache RBAC user.")
+    redis_tls: bool = Field(False, description="Connect to Redis over TLS.")
+    redis_cluster: bool = Field(False, description="The endpoint is a Redis Cluster configuration endpoint.")
+    redis_timeout_ms: float = Field(50.0, gt=0, description="Bound on each Redis call; slower counts as a miss.")
+    cache_backend: Literal["memory", "redis", "tiered", "none"] = Field("memory", description="Result cache backend.")
+    cache_max_entries: int = Field(10_000, ge=1, description="Entries kept by the in-process (memory / L1) cache.")
 
     auth_token: SecretStr = Field(SecretStr("secret-token"), description="Token expected in the X-Token header.")
     admin_token: SecretStr | None = Field(None, description="Token for /admin endpoints (X-Admin-Token); unset disables them.")

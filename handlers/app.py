@@ -37,6 +37,10 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class CacheInvalidation(BaseModel):
+    deleted: int
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
@@ -96,7 +100,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         finally:
             if manage_engine:
                 _stop_reload_on_sighup()
-                engine.close()
+                await engine.aclose()
 
     app = FastAPI(
         title="ml-inference-system",
@@ -136,6 +140,17 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         engine.authenticate_admin(request.headers.get("x-admin-token"))
         return await asyncio.to_thread(engine.reload_or_raise)
 
+    @app.delete(
+        f"{api}/cache",
+        response_model=CacheInvalidation,
+        responses=_errors(401, 403, 422),
+        summary="Delete cached results of a model (and version), or all",
+        tags=["operations"],
+    )
+    async def invalidate_cache(request: Request, model: str | None = None, version: str | None = None) -> CacheInvalidation:
+        engine.authenticate_admin(request.headers.get("x-admin-token"))
+        return CacheInvalidation(deleted=await engine.invalidate_cache(model, version))
+
     @app.get(f"{api}/models", response_model=ModelsReport, summary="List models and versions", tags=["models"])
     @app.get("/models", response_model=ModelsReport, include_in_schema=False)
     async def models() -> ModelsReport:
@@ -150,6 +165,6 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     async def metrics() -> Response:
         if not settings.enable_metrics:
             return error_response(404, "not_found", "metrics are disabled (ENABLE_METRICS=false)")
-        return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(engine.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return app

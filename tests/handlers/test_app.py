@@ -376,3 +376,49 @@ def test_tabular_inputs_are_checked_against_the_signature(
     response = client.post("/api/v1/predict", json=body, headers=_auth(live_server))
     assert response.status_code == 422, response.text
     assert fragment in response.text
+
+
+def test_repeated_text_is_served_from_the_cache(client: httpx.Client, live_server: LiveServer) -> None:
+    body = {"texts": ["a text only this test sends", "I love this product"], "model_version": "v2"}
+    first = client.post("/api/v1/predict", json=body, headers=_auth(live_server)).json()
+    second = client.post("/api/v1/predict", json=body, headers=_auth(live_server)).json()
+    assert [r["cached"] for r in first["results"]][0] is False
+    assert [r["cached"] for r in second["results"]] == [True, True]
+    assert [r["scores"] for r in second["results"]] == [r["scores"] for r in first["results"]]
+    assert client.get("/health").json()["cache"] == {"backend": "memory", "state": "ok"}
+    metrics = client.get("/metrics").text
+    assert 'cache_hits_total{model="sentiment_analysis",model_version="v2",tier="memory"}' in metrics
+    assert "cache_misses_total" in metrics and "cache_state 0.0" in metrics
+
+
+def test_cache_invalidation_over_http(client: httpx.Client, live_server: LiveServer, models_dir: Path) -> None:
+    import asyncio
+
+    from engine.factory import build_engine
+    from handlers.app import create_app
+    from tests.conftest import make_settings
+
+    _assert_error(client.delete("/api/v1/cache", headers={"X-Admin-Token": "x"}), 403, "forbidden")
+    settings = make_settings(admin_token="admin-secret")
+    engine = build_engine(settings)
+    engine.load()
+
+    async def scenario() -> list[httpx.Response]:
+        app = create_app(settings, engine, manage_engine=False)
+        admin = {"X-Admin-Token": "admin-secret"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            await http.post("/api/v1/predict", json={"texts": ["p", "q"], "model_version": "v1"}, headers={"X-Token": "secret-token"})
+            replies = [
+                await http.delete("/api/v1/cache", params={"model": "sentiment_analysis", "version": "v2"}, headers=admin),
+                await http.delete("/api/v1/cache", params={"model": "sentiment_analysis"}, headers=admin),
+                await http.delete("/api/v1/cache", params={"version": "v1"}, headers=admin),
+                await http.delete("/api/v1/cache", headers={"X-Admin-Token": "wrong"}),
+            ]
+        await engine.aclose()
+        return replies
+
+    v2, model, version_only, wrong = asyncio.run(scenario())
+    assert (v2.status_code, v2.json()) == (200, {"deleted": 0})
+    assert (model.status_code, model.json()) == (200, {"deleted": 2})
+    _assert_error(version_only, 422, "invalid_input")
+    _assert_error(wrong, 401, "unauthorized")
