@@ -42,11 +42,15 @@ from engine.schemas import (
     RolloutInfo,
     TextResult,
 )
+from engine.secrets import token_source
 from engine.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 RepositoryFactory = Callable[[Registry, Mapping[Key, ModelVersion] | None], ModelRepository]
+# Called after each answered request with (model, version, inputs, latency_ms): edges that
+# report elsewhere (CloudWatch EMF on Lambda) hook in here.
+PredictionObserver = Callable[[str, str, int, float], None]
 _LEASE_ATTEMPTS = 3
 
 
@@ -87,13 +91,14 @@ class InferenceEngine:
         self._make_repository = make_repository
         self._generation = _Generation.of(make_repository(registry, None))
         self._predictor: Predictor = predictor if predictor is not None else BatchedPredictor()
-        self._token = settings.auth_token.get_secret_value().encode("utf-8")
+        self._token_source = token_source(settings)
         admin = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
         self._admin_token = admin.encode("utf-8") if admin else None
         self._started = False
         self._reload_lock = threading.Lock()
         self._last_reload: ReloadReport | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.observers: list[PredictionObserver] = []
 
     @property
     def repository(self) -> ModelRepository:
@@ -150,7 +155,7 @@ class InferenceEngine:
 
     def authenticate(self, token: str | None) -> None:
         """Constant-time check of the caller's token."""
-        if token is None or not hmac.compare_digest(token.encode("utf-8"), self._token):
+        if token is None or not hmac.compare_digest(token.encode("utf-8"), self._token_source.current().encode("utf-8")):
             raise Unauthorized("missing or invalid X-Token header")
 
     def authenticate_admin(self, token: str | None) -> None:
@@ -242,6 +247,8 @@ class InferenceEngine:
         self.metrics.texts.labels(name, entry.version).inc(len(results))
         self.metrics.latency.labels(name, entry.version).observe(latency_ms)
         self.metrics.rollout_assignments.labels(name, assignment.strategy, assignment.arm).inc()
+        for observe in self.observers:
+            observe(name, entry.version, len(results), latency_ms)
         if assignment.shadow is not None:
             await self._shadow(repository, name, entry.version, assignment.shadow, request.inputs, [r.prediction for r in results])
         return PredictResponse(

@@ -38,6 +38,14 @@ class Settings(BaseSettings):
 
     auth_token: SecretStr = Field(SecretStr("secret-token"), description="Token expected in the X-Token header.")
     admin_token: SecretStr | None = Field(None, description="Token for /admin endpoints (X-Admin-Token); unset disables them.")
+    auth_token_parameter: str | None = Field(
+        None,
+        description="Read the token from SSM Parameter Store (a parameter name) or Secrets Manager "
+        "(a secret ARN, or 'secretsmanager:<name>') instead of AUTH_TOKEN.",
+    )
+    auth_token_ttl_s: int = Field(300, ge=0, description="How long a token read from SSM / Secrets Manager is cached.")
+    batch_results_uri: str | None = Field(None, pattern=r"^s3://[^/]+/.*$", description="s3://bucket/prefix/ for SQS batch results.")
+    api_gateway_base_path: str = Field("/", description="Path prefix API Gateway adds (custom-domain base path mapping).")
 
     model_registry_path: Path = Field(Path("model_registry.yaml"), description="The YAML model registry.")
     model_cache_size: int = Field(5, ge=1, description="Model versions kept loaded; the least recently used is evicted.")

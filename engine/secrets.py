@@ -1,0 +1,59 @@
+"""Where the API token comes from: the environment, or SSM Parameter Store / Secrets Manager.
+
+A token read from AWS is cached for ``AUTH_TOKEN_TTL_S`` (Powertools parameters), so a rotated
+token is picked up within that time without a redeploy.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine.settings import Settings
+
+_SECRETS_PREFIX = "secretsmanager:"
+
+
+class TokenSource(Protocol):
+    def current(self) -> str:
+        """The token callers must present now."""
+        ...
+
+
+class StaticToken:
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def current(self) -> str:
+        return self._token
+
+
+class ParameterToken:
+    """A token in SSM Parameter Store (SecureString decrypted) or in Secrets Manager."""
+
+    def __init__(self, name: str, ttl_s: int) -> None:
+        try:
+            from aws_lambda_powertools.utilities import parameters
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError("AUTH_TOKEN_PARAMETER needs aws-lambda-powertools: pip install 'ml-inference-system[lambda]'") from exc
+        self._parameters = parameters
+        self._name = name
+        self._ttl_s = ttl_s
+
+    @property
+    def is_secret(self) -> bool:
+        return self._name.startswith(_SECRETS_PREFIX) or ":secretsmanager:" in self._name
+
+    def current(self) -> str:
+        if self.is_secret:
+            value = self._parameters.get_secret(self._name.removeprefix(_SECRETS_PREFIX), max_age=self._ttl_s)
+        else:
+            value = self._parameters.get_parameter(self._name, decrypt=True, max_age=self._ttl_s)
+        if not isinstance(value, str) or not value:
+            raise RuntimeError(f"token parameter {self._name!r} is empty or not a string")
+        return value
+
+
+def token_source(settings: Settings) -> TokenSource:
+    if settings.auth_token_parameter:
+        return ParameterToken(settings.auth_token_parameter, settings.auth_token_ttl_s)
+    return StaticToken(settings.auth_token.get_secret_value())

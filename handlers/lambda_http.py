@@ -1,0 +1,34 @@
+"""AWS Lambda entry point for HTTP: Mangum over the same FastAPI app the server runs.
+
+API Gateway HTTP API (payload 2.0), REST API (1.0) and ALB events all work. Mangum runs the
+ASGI lifespan on every invocation (Kludex/mangum#342), so the lifespan is off and the engine
+is built once per cold start, at import, by the shared factory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from mangum import Mangum
+
+from handlers.app import create_app
+from handlers.coldstart import cold_start_engine, cold_start_settings
+from handlers.powertools import CORRELATION_ID_PATH, instrument, logger, metrics, tracer
+
+settings = cold_start_settings()
+engine = cold_start_engine()
+instrument(engine)
+adapter = Mangum(
+    create_app(settings, engine, manage_engine=False),
+    lifespan="off",
+    api_gateway_base_path=settings.api_gateway_base_path,
+)
+
+
+@tracer.capture_lambda_handler(capture_response=False)
+@logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH, log_event=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    metrics.add_metric(name="HttpInvocations", unit=MetricUnit.Count, value=1)
+    return adapter(event, context)

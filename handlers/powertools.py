@@ -1,0 +1,44 @@
+"""Powertools for the Lambda edge: JSON logs with correlation ids, CloudWatch EMF metrics, X-Ray.
+
+Prometheus stays the container-mode metrics; on Lambda (ENABLE_METRICS=false) the engine's
+per-request figures go to EMF through an engine observer, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+
+from engine.facade import InferenceEngine, PredictionObserver
+
+# API Gateway (HTTP and REST) carry requestContext.requestId; an ALB only a trace header.
+CORRELATION_ID_PATH = 'requestContext.requestId || headers."x-amzn-trace-id"'
+DEFAULT_SERVICE = "ml-inference-system"
+DEFAULT_NAMESPACE = "MLInference"
+
+logger = Logger(service=DEFAULT_SERVICE)  # POWERTOOLS_SERVICE_NAME / POWERTOOLS_LOG_LEVEL win when set
+metrics = Metrics(namespace=DEFAULT_NAMESPACE, service=DEFAULT_SERVICE)  # POWERTOOLS_METRICS_NAMESPACE wins
+tracer = Tracer(service=DEFAULT_SERVICE)  # a no-op outside Lambda or with POWERTOOLS_TRACE_DISABLED=true
+
+
+def _emf_observer(namespace: str) -> PredictionObserver:
+    def observe(model: str, version: str, inputs: int, latency_ms: float) -> None:
+        for name, unit, value in (
+            ("Predictions", MetricUnit.Count, float(inputs)),
+            ("PredictionLatency", MetricUnit.Milliseconds, latency_ms),
+        ):
+            with single_metric(name=name, unit=unit, value=value, namespace=namespace) as metric:
+                metric.add_dimension(name="model", value=model)
+                metric.add_dimension(name="model_version", value=version)
+
+    return observe
+
+
+def instrument(engine: InferenceEngine) -> None:
+    """Route the engine's logs through the JSON logger and its per-request figures to EMF."""
+    copy_config_to_registered_loggers(source_logger=logger, include={"engine", "handlers"}, log_level=logging.INFO)
+    namespace = metrics.namespace or DEFAULT_NAMESPACE
+    engine.observers.append(_emf_observer(namespace))
