@@ -72,7 +72,8 @@ def record_handler(record: SQSRecord) -> None:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     metrics.add_metric(name="BatchRecords", unit=MetricUnit.Count, value=len(event.get("Records", [])))
-    result: dict[str, Any] = dict(process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context))
+    response = process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    result: dict[str, Any] = dict(response)
     failures = len(result["batchItemFailures"])
     if failures:
         metrics.add_metric(name="BatchRecordFailures", unit=MetricUnit.Count, value=failures)
