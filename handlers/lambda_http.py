@@ -7,6 +7,7 @@ is built once per cold start, at import, by the shared factory.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -30,5 +31,11 @@ adapter = Mangum(
 @logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    started = time.perf_counter()
     metrics.add_metric(name="HttpInvocations", unit=MetricUnit.Count, value=1)
-    return adapter(event, context)
+    response = adapter(event, context)
+    logger.info(
+        "http request",
+        extra={"status": response.get("statusCode"), "duration_ms": round((time.perf_counter() - started) * 1000.0, 2)},
+    )
+    return response

@@ -13,15 +13,15 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from engine.facade import InferenceEngine, PredictionObserver
+from handlers.coldstart import cold_start_settings
 
 # API Gateway (HTTP and REST) carry requestContext.requestId; an ALB only a trace header.
 CORRELATION_ID_PATH = 'requestContext.requestId || headers."x-amzn-trace-id"'
-DEFAULT_SERVICE = "ml-inference-system"
-DEFAULT_NAMESPACE = "MLInference"
 
-logger = Logger(service=DEFAULT_SERVICE)  # POWERTOOLS_SERVICE_NAME / POWERTOOLS_LOG_LEVEL win when set
-metrics = Metrics(namespace=DEFAULT_NAMESPACE, service=DEFAULT_SERVICE)  # POWERTOOLS_METRICS_NAMESPACE wins
-tracer = Tracer(service=DEFAULT_SERVICE)  # a no-op outside Lambda or with POWERTOOLS_TRACE_DISABLED=true
+_settings = cold_start_settings()
+logger = Logger(service=_settings.powertools_service_name)  # POWERTOOLS_LOG_LEVEL sets the level
+metrics = Metrics(namespace=_settings.powertools_metrics_namespace, service=_settings.powertools_service_name)
+tracer = Tracer(service=_settings.powertools_service_name)  # a no-op outside Lambda or with POWERTOOLS_TRACE_DISABLED=true
 
 
 def _emf_observer(namespace: str) -> PredictionObserver:
@@ -40,5 +40,4 @@ def _emf_observer(namespace: str) -> PredictionObserver:
 def instrument(engine: InferenceEngine) -> None:
     """Route the engine's logs through the JSON logger and its per-request figures to EMF."""
     copy_config_to_registered_loggers(source_logger=logger, include={"engine", "handlers"}, log_level=logging.INFO)
-    namespace = metrics.namespace or DEFAULT_NAMESPACE
-    engine.observers.append(_emf_observer(namespace))
+    engine.observers.append(_emf_observer(_settings.powertools_metrics_namespace))

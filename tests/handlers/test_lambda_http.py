@@ -1,0 +1,140 @@
+"""The Lambda HTTP handler in a fresh process: real Mangum, Powertools and models, SAM-generated events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REGISTRY_PATH, REPO_ROOT
+from tests.handlers.lambda_events import alb, generate, http_api, rest_api
+
+SEED_BODY = '{"id": "1", "texts": ["I love this product"], "model_version": "v1"}'
+TOKEN = {"x-token": "lambda-token"}
+
+
+@dataclass(frozen=True)
+class Run:
+    init_ms: float
+    responses: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+
+
+def run_lambda(module: str, events: list[dict[str, Any]], tmp_path: Path, **env: str) -> Run:
+    """Import ``module`` in a new process (a cold start) and invoke its handler with each event."""
+    events_file, results_file = tmp_path / "events.json", tmp_path / "results.json"
+    events_file.write_text(json.dumps(events))
+    environment = {
+        **os.environ,
+        "AUTH_TOKEN": "lambda-token",
+        "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
+        "ENABLE_METRICS": "false",
+        "SHADOW_MODE": "inline",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "MLInferenceTest",
+        "AWS_LAMBDA_FUNCTION_NAME": "ml-inference-test",
+        **env,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.handlers.lambda_harness", module, str(events_file), str(results_file)],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"handler process failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    data = json.loads(results_file.read_text())
+    logs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return Run(init_ms=data["init_ms"], responses=[r["response"] for r in data["results"]], logs=logs)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Run:
+    v2 = generate("apigateway", "http-api-proxy")
+    v1 = generate("apigateway", "aws-proxy")
+    events = [
+        http_api(v2, "POST", "/api/v1/predict", SEED_BODY, TOKEN, request_id="req-seed"),
+        http_api(v2, "POST", "/api/v1/predict", SEED_BODY, TOKEN, b64=True, request_id="req-b64"),
+        http_api(v2, "POST", "/api/v1/predict", SEED_BODY, {}, request_id="req-noauth"),
+        http_api(v2, "POST", "/api/v1/predict", '{"texts": [', TOKEN, request_id="req-badjson"),
+        http_api(v2, "GET", "/health", None, {}, request_id="req-health"),
+        rest_api(v1, "POST", "/api/v1/predict", SEED_BODY, TOKEN, stage="prod"),
+        alb("POST", "/api/v1/predict", SEED_BODY, {**TOKEN, "x-amzn-trace-id": "Root=1-abc"}),
+        http_api(v2, "POST", "/api/v1/predict", '{"model": "iris", "instances": [[6.7, 3.0, 5.2, 2.3]]}', TOKEN, request_id="req-iris"),
+    ]
+    return run_lambda("handlers.lambda_http", events, tmp_path_factory.mktemp("lambda"))
+
+
+def _body(response: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(response["body"])
+    return body
+
+
+def test_http_api_event_with_no_content_type(run: Run) -> None:
+    response = run.responses[0]
+    assert response["statusCode"] == 200, response
+    result = _body(response)["results"][0]
+    assert result["prediction"] == "positive" and result["scores"]["positive"] > 0.8
+
+
+def test_base64_body_is_decoded(run: Run) -> None:
+    assert run.responses[1]["statusCode"] == 200
+    assert _body(run.responses[1])["request_id"] == "1"
+
+
+def test_errors_are_json_4xx(run: Run) -> None:
+    assert (run.responses[2]["statusCode"], _body(run.responses[2])["error"]["code"]) == (401, "unauthorized")
+    assert (run.responses[3]["statusCode"], _body(run.responses[3])["error"]["code"]) == (422, "invalid_request")
+
+
+def test_health(run: Run) -> None:
+    assert run.responses[4]["statusCode"] == 200
+    assert _body(run.responses[4])["ready"] is True
+
+
+def test_rest_api_event_with_a_stage(run: Run) -> None:
+    assert run.responses[5]["statusCode"] == 200, run.responses[5]
+    assert _body(run.responses[5])["results"][0]["prediction"] == "positive"
+
+
+def test_alb_event(run: Run) -> None:
+    assert run.responses[6]["statusCode"] == 200, run.responses[6]
+    assert _body(run.responses[6])["model_version"] == "v1"
+
+
+def test_tabular_model_through_lambda(run: Run) -> None:
+    assert _body(run.responses[7])["results"][0]["prediction"] == "virginica"
+
+
+def test_json_logs_carry_the_correlation_id_and_cold_start(run: Run) -> None:
+    requests = [line for line in run.logs if line.get("message") == "http request"]
+    assert len(requests) == 8
+    assert [line["correlation_id"] for line in requests[:2]] == ["req-seed", "req-b64"]
+    assert requests[6]["correlation_id"] == "Root=1-abc"  # ALB: the trace header
+    assert [line["cold_start"] for line in requests[:2]] == [True, False]
+    assert requests[2]["status"] == 401 and requests[0]["level"] == "INFO"
+
+
+def test_emf_metrics_cold_start_once_and_per_model(run: Run) -> None:
+    emf = [line for line in run.logs if "_aws" in line]
+    assert all(m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "MLInferenceTest" for m in emf)
+    assert sum("ColdStart" in m for m in emf) == 1
+    predictions = [m for m in emf if "Predictions" in m]
+    assert {(m["model"], m["model_version"]) for m in predictions} >= {("sentiment_analysis", "v1"), ("iris", "v1")}
+    assert len([m for m in emf if "PredictionLatency" in m]) == len(predictions) == 5
+
+
+def test_base_path_of_a_custom_domain_is_stripped(tmp_path: Path, models_dir: Path) -> None:
+    v1 = generate("apigateway", "aws-proxy")
+    event = rest_api(v1, "POST", "/ml/api/v1/predict", SEED_BODY, TOKEN, stage="prod")
+    result = run_lambda("handlers.lambda_http", [event], tmp_path, API_GATEWAY_BASE_PATH="/ml")
+    assert result.responses[0]["statusCode"] == 200, result.responses[0]
