@@ -74,3 +74,9 @@ class ReloadFailed(EngineError):
     """A registry reload was refused; the previous registry keeps serving."""
 
     code = "reload_failed"
+
+
+class BackendUnavailable(EngineError):
+    """A service the engine depends on (e.g. the token store) cannot be reached or read."""
+
+    code = "backend_unavailable"

@@ -6,9 +6,13 @@ token is picked up within that time without a redeploy.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
+from engine.errors import BackendUnavailable
 from engine.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 _SECRETS_PREFIX = "secretsmanager:"
 
@@ -44,12 +48,16 @@ class ParameterToken:
         return self._name.startswith(_SECRETS_PREFIX) or ":secretsmanager:" in self._name
 
     def current(self) -> str:
-        if self.is_secret:
-            value = self._parameters.get_secret(self._name.removeprefix(_SECRETS_PREFIX), max_age=self._ttl_s)
-        else:
-            value = self._parameters.get_parameter(self._name, decrypt=True, max_age=self._ttl_s)
+        try:
+            if self.is_secret:
+                value = self._parameters.get_secret(self._name.removeprefix(_SECRETS_PREFIX), max_age=self._ttl_s)
+            else:
+                value = self._parameters.get_parameter(self._name, decrypt=True, max_age=self._ttl_s)
+        except Exception as exc:  # any AWS failure: the caller cannot be checked, which is not its fault
+            logger.error("cannot read the API token from %s: %s", self._name, exc)
+            raise BackendUnavailable(f"the API token store ({self._name}) cannot be read") from exc
         if not isinstance(value, str) or not value:
-            raise RuntimeError(f"token parameter {self._name!r} is empty or not a string")
+            raise BackendUnavailable(f"the API token parameter {self._name!r} is empty or not a string")
         return value
 
 

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from engine.errors import (
+    BackendUnavailable,
     EngineError,
     Forbidden,
     InferenceFailed,
@@ -35,6 +36,7 @@ STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
     (InvalidInput, 422),
     (Overloaded, 503),
     (ModelNotReady, 503),
+    (BackendUnavailable, 503),
     (ReloadFailed, 409),
     (InferenceFailed, 500),
 )

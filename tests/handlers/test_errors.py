@@ -18,6 +18,7 @@ from handlers.errors import STATUS_BY_ERROR, error_body, status_for
         (errors.InvalidInput("x"), 422),
         (errors.Overloaded("x"), 503),
         (errors.ModelNotReady("x"), 503),
+        (errors.BackendUnavailable("x"), 503),
         (errors.InferenceFailed("x"), 500),
         (errors.EngineError("x"), 500),
     ],
