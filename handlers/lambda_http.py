@@ -15,7 +15,7 @@ from mangum import Mangum
 
 from handlers.app import create_app
 from handlers.coldstart import cold_start_engine, cold_start_settings
-from handlers.powertools import CORRELATION_ID_PATH, instrument, logger, metrics, tracer
+from handlers.powertools import CORRELATION_ID_PATH, instrument, logger, metrics, trace
 
 settings = cold_start_settings()
 engine = cold_start_engine()
@@ -27,7 +27,7 @@ adapter = Mangum(
 )
 
 
-@tracer.capture_lambda_handler(capture_response=False)
+@trace
 @logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from engine.schemas import PredictRequest
 from handlers.coldstart import cold_start_engine, cold_start_settings
-from handlers.powertools import instrument, logger, metrics, tracer
+from handlers.powertools import instrument, logger, metrics, trace
 
 settings = cold_start_settings()
 engine = cold_start_engine()
@@ -67,7 +67,7 @@ def record_handler(record: SQSRecord) -> None:
     logger.info("batch record answered", extra={"record_id": request.id, "s3_key": key, "model_version": response.model_version})
 
 
-@tracer.capture_lambda_handler(capture_response=False)
+@trace
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

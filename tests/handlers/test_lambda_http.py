@@ -138,3 +138,10 @@ def test_base_path_of_a_custom_domain_is_stripped(tmp_path: Path, models_dir: Pa
     event = rest_api(v1, "POST", "/ml/api/v1/predict", SEED_BODY, TOKEN, stage="prod")
     result = run_lambda("handlers.lambda_http", [event], tmp_path, API_GATEWAY_BASE_PATH="/ml")
     assert result.responses[0]["statusCode"] == 200, result.responses[0]
+
+
+def test_with_tracing_enabled_the_handler_is_traced_and_still_answers(tmp_path: Path, models_dir: Path) -> None:
+    event = http_api(generate("apigateway", "http-api-proxy"), "POST", "/api/v1/predict", SEED_BODY, TOKEN)
+    # Powertools' Tracer is real here; POWERTOOLS_TRACE_DISABLED keeps it from sending to a daemon.
+    result = run_lambda("handlers.lambda_http", [event], tmp_path, ENABLE_TRACING="true")
+    assert result.responses[0]["statusCode"] == 200
