@@ -6,6 +6,9 @@ For each model version it measures, in one run:
 2. the engine in-process: ``InferenceEngine.predict(PredictRequest(...))`` on an asyncio loop;
 3. HTTP over loopback against a real ``mlinfer serve`` subprocess (uvicorn + FastAPI).
 
+The engine and the server run with ``CACHE_BACKEND=none``, so every call runs the model;
+``bench/bench_cache.py`` measures the result cache.
+
 Three workloads, each compared with the raw run of the same workload:
 
 - ``short``: one short text per call, always the same;
@@ -23,29 +26,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import os
-import platform
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NamedTuple, Protocol
 
-import httpx
 import numpy as np
-import onnxruntime as ort
+from _http import (
+    IDLE_CHECK_S,
+    MODEL_NAME,
+    REGISTRY_PATH,
+    WARMUP_CALLS,
+    WARMUP_SECONDS,
+    Bounds,
+    CpuReport,
+    CpuWatch,
+    MachineFacts,
+    PostClient,
+    Server,
+    Timing,
+    free_port,
+    machine_facts,
+    make_client,
+    measure_async,
+    other_cpu_now,
+    running_server,
+)
 
-from engine.cpus import available_cpus
 from engine.facade import InferenceEngine
 from engine.factory import build_engine
 from engine.registry import load_registry
@@ -54,16 +67,7 @@ from engine.session import SessionConfig, open_session
 from engine.settings import Settings
 from engine.tokenization import TextTokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REGISTRY_PATH = REPO_ROOT / "model_registry.yaml"
-MODEL_NAME = "sentiment_analysis"
-AUTH_TOKEN = "bench-token"
-PREDICT_PATH = "/api/v1/predict"
 BATCH = 32
-WARMUP_SECONDS = 1.0
-WARMUP_CALLS = 10
-SERVER_START_TIMEOUT_S = 120.0
-IDLE_CHECK_S = 1.0
 
 CLIENT_NAMES = {"raw": "raw asyncio streams", "httpx": "httpx.AsyncClient"}
 
@@ -161,65 +165,6 @@ def client_text(client: int, iteration: int) -> str:
 
 
 @dataclass(frozen=True)
-class Bounds:
-    seconds: float
-    max_calls: int
-    pids: tuple[int, ...] = ()  # processes of the benchmark itself (client, server): the rest of the machine's CPU use is "other"
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine spent busy (steal included: another VM had the core)."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
-
-
-def _process_cpu_seconds(pids: Sequence[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
-    return total / _CLK_TCK
-
-
-class CpuWatch:
-    """Share of the machine's CPU capacity used by processes other than ``pids`` since creation (Linux /proc)."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self._pids = tuple(pids) or (os.getpid(),)
-        self._cpus = os.cpu_count() or 1
-        self._start = self._sample()
-
-    def _sample(self) -> tuple[float, float, float] | None:
-        try:
-            return time.perf_counter(), _busy_cpu_seconds(), _process_cpu_seconds(self._pids)
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def other_pct(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None:
-            return None
-        wall, busy, ours = (b - a for a, b in zip(self._start, end, strict=True))
-        return max(0.0, (busy - ours) / (wall * self._cpus) * 100.0) if wall > 0 else None
-
-
-def other_cpu_now() -> float | None:
-    """CPU share used by other processes over the next ``IDLE_CHECK_S`` seconds."""
-    watch = CpuWatch((os.getpid(),))
-    time.sleep(IDLE_CHECK_S)
-    return watch.other_pct()
-
-
-class Timing(NamedTuple):
-    latencies_ms: tuple[float, ...]
-    elapsed_s: float
-    other_cpu_pct: float | None
-
-
-@dataclass(frozen=True)
 class Measurement:
     layer: str  # raw ORT / engine / HTTP
     mode: str  # human description
@@ -228,7 +173,11 @@ class Measurement:
     concurrency: int
     latencies_ms: tuple[float, ...]
     elapsed_s: float
-    other_cpu_pct: float | None
+    cpu: CpuReport | None
+
+    @property
+    def other_cpu_pct(self) -> float | None:
+        return None if self.cpu is None else self.cpu.other_pct
 
     @property
     def calls(self) -> int:
@@ -270,46 +219,15 @@ def measure_sync(call: Callable[[int], object], bounds: Bounds) -> Timing:
         if t1 >= deadline:
             break
     elapsed = time.perf_counter() - started
-    return Timing(tuple(latencies), elapsed, watch.other_pct())
-
-
-AsyncCall = Callable[[int, int], Awaitable[None]]  # (client, iteration)
-
-
-async def measure_async(call: AsyncCall, bounds: Bounds, concurrency: int) -> Timing:
-    """Warm up every client, then run ``concurrency`` closed-loop clients until ``bounds`` runs out."""
-
-    async def warm(client: int) -> None:
-        warm_deadline = time.perf_counter() + WARMUP_SECONDS
-        for i in range(WARMUP_CALLS):
-            await call(client, i)
-            if time.perf_counter() > warm_deadline:
-                break
-
-    await asyncio.gather(*(warm(c) for c in range(concurrency)))
-    latencies: list[float] = []
-    watch = CpuWatch(bounds.pids)
-    started = time.perf_counter()
-    deadline = started + bounds.seconds
-
-    async def client_loop(client: int) -> None:
-        i = 0
-        while len(latencies) < bounds.max_calls and time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            await call(client, i)
-            latencies.append((time.perf_counter() - t0) * 1000.0)
-            i += 1
-
-    await asyncio.gather(*(client_loop(c) for c in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return Timing(tuple(latencies), elapsed, watch.other_pct())
+    return Timing(tuple(latencies), elapsed, watch.stop())
 
 
 # ---------------------------------------------------------------------------- raw baseline
 
 
 def engine_settings() -> Settings:
-    return Settings.from_values({"model_registry_path": REGISTRY_PATH, "log_level": "WARNING"})
+    # No result cache: every call must run the model (bench/bench_cache.py measures the cache).
+    return Settings.from_values({"model_registry_path": REGISTRY_PATH, "log_level": "WARNING", "cache_backend": "none"})
 
 
 class RawModel:
@@ -317,8 +235,10 @@ class RawModel:
 
     def __init__(self, version: str, settings: Settings) -> None:
         registry = load_registry(settings.model_registry_path)
-        model_path = registry.resolve_path(registry.models[MODEL_NAME].versions[version])
-        self.tokenizer = TextTokenizer.from_file(model_path.parent / "tokenizer.json")
+        spec = registry.models[MODEL_NAME].versions[version]
+        model_path = Path(registry.resolve_path(spec.path))
+        tokenizer_path = Path(registry.resolve_path(spec.tokenizer)) if spec.tokenizer else model_path.parent / "tokenizer.json"
+        self.tokenizer = TextTokenizer.from_file(tokenizer_path)
         config = SessionConfig(intra_op_threads=settings.intra_op_threads, providers=settings.provider_list())
         self.session = open_session(model_path, config)
         self.output = self.session.get_outputs()[0].name
@@ -375,148 +295,6 @@ def bench_engine(engine: InferenceEngine, version: str, bounds: Bounds, concurre
 # ---------------------------------------------------------------------------- HTTP over loopback
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def mlinfer_executable() -> str:
-    beside = Path(sys.executable).parent / "mlinfer"
-    if beside.is_file():
-        return str(beside)
-    raise FileNotFoundError(f"{beside} not found: install the project into the venv (`pip install -e .`)")
-
-
-@dataclass(frozen=True)
-class Server:
-    base_url: str
-    port: int
-    pid: int
-
-
-@contextlib.contextmanager
-def running_server(port: int) -> Iterator[Server]:
-    """Start ``mlinfer serve`` on ``port``, wait for /health 200, and always stop it."""
-    env = {
-        **os.environ,
-        "AUTH_TOKEN": AUTH_TOKEN,
-        "LOG_LEVEL": "WARNING",
-        "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
-        "ENABLE_METRICS": "true",
-    }
-    base_url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile(mode="w+") as server_log:
-        proc = subprocess.Popen(
-            [mlinfer_executable(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_healthy(proc, base_url, server_log)
-            yield Server(base_url, port, proc.pid)
-        finally:
-            stop_process(proc)
-
-
-def _tail(stream: IO[str], chars: int = 4000) -> str:
-    stream.flush()
-    stream.seek(0)
-    return stream.read()[-chars:]
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], base_url: str, server_log: IO[str]) -> None:
-    deadline = time.perf_counter() + SERVER_START_TIMEOUT_S
-    with httpx.Client(timeout=2.0) as client:
-        while time.perf_counter() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before becoming healthy:\n{_tail(server_log)}")
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(f"{base_url}/health").status_code == 200:
-                    return
-            time.sleep(0.2)
-    raise TimeoutError(f"server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{_tail(server_log)}")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
-class PostClient(Protocol):
-    async def post(self, body: bytes) -> bytes: ...
-
-    async def aclose(self) -> None: ...
-
-
-class RawHttpClient:
-    """One keep-alive HTTP/1.1 connection over asyncio streams: the cheapest client Python offers."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is None or self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
-        return self._reader, self._writer
-
-    async def post(self, body: bytes) -> bytes:
-        reader, writer = await self._connect()
-        head = (
-            f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\nContent-Type: application/json\r\n"
-            f"X-Token: {AUTH_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode("ascii") + body)
-        await writer.drain()
-        header_block = await reader.readuntil(b"\r\n\r\n")
-        status_line, *header_lines = header_block.decode("latin-1").split("\r\n")
-        headers = dict(line.split(":", 1) for line in header_lines if line)
-        lowered = {k.strip().lower(): v.strip() for k, v in headers.items()}
-        if "content-length" not in lowered:
-            raise RuntimeError(f"response without Content-Length: {status_line} {lowered}")
-        payload = await reader.readexactly(int(lowered["content-length"]))
-        status = int(status_line.split(" ", 2)[1])
-        if status != 200:
-            raise RuntimeError(f"HTTP {status}: {payload[:500]!r}")
-        return payload
-
-    async def aclose(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self._writer.wait_closed()
-
-
-class HttpxClient:
-    """``httpx.AsyncClient`` with keep-alive; one client per simulated caller."""
-
-    def __init__(self, base_url: str) -> None:
-        self._client = httpx.AsyncClient(base_url=base_url, headers={"X-Token": AUTH_TOKEN, "Content-Type": "application/json"})
-
-    async def post(self, body: bytes) -> bytes:
-        response = await self._client.post(PREDICT_PATH, content=body)
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
-        return response.content
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def make_client(kind: str, server: Server) -> PostClient:
-    return RawHttpClient("127.0.0.1", server.port) if kind == "raw" else HttpxClient(server.base_url)
-
-
 def request_body(texts: Sequence[str], version: str) -> bytes:
     return json.dumps({"texts": list(texts), "model": MODEL_NAME, "model_version": version}).encode("utf-8")
 
@@ -565,37 +343,6 @@ def bench_http(server: Server, version: str, bounds: Bounds, concurrency: int, k
 
 
 # ---------------------------------------------------------------------------- reporting
-
-
-@dataclass(frozen=True)
-class MachineFacts:
-    available_cpus: int
-    os_cpu_count: int | None
-    cpu_model: str
-    onnxruntime: str
-    providers: str
-    python: str
-    platform: str
-    other_cpu_before: float | None
-
-
-def machine_facts(other_cpu_before: float | None) -> MachineFacts:
-    cpu_model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return MachineFacts(
-        available_cpus=available_cpus(),
-        os_cpu_count=os.cpu_count(),
-        cpu_model=cpu_model,
-        onnxruntime=ort.__version__,
-        providers=", ".join(SessionConfig().resolved_providers()),
-        python=platform.python_version(),
-        platform=platform.platform(),
-        other_cpu_before=other_cpu_before,
-    )
 
 
 HEADERS = (
@@ -729,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     port = free_port()
     log.info("starting mlinfer serve on 127.0.0.1:%d", port)
-    with running_server(port) as server:
+    with running_server(port, {"CACHE_BACKEND": "none"}) as server:
         for version in versions:
             log.info("%s: HTTP over loopback", version)
             results[version] += bench_http(server, version, bounds, args.concurrency, args.client)

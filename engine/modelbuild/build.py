@@ -28,9 +28,11 @@ from tqdm import tqdm
 
 from engine.modelbuild import dataset, tabular
 from engine.modelbuild.encoder import BertConfig, build_encoder_graph, make_model
+from engine.modelbuild.evaluation import classification_report
 from engine.modelbuild.head import Head, train_head
 from engine.modelbuild.quantize import quantize_int8
 from engine.session import SessionConfig, open_session
+from engine.sources import sha256_file
 from engine.tokenization import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -86,14 +88,6 @@ def locate_sources() -> Sources:
     return Sources(encoder_dir=weights.parent, corpus=dataset.corpus_path())
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_key(sources: Sources) -> str:
     """A digest of everything that determines the artefacts: inputs, build code, library versions."""
     digest = hashlib.sha256()
@@ -146,17 +140,7 @@ def _evaluate(
     session = open_session(model_path, SessionConfig(providers=("CPUExecutionProvider",)))
     probabilities = run_sorted(session, tokenizer, [e.text for e in split.test], desc, progress)
     predicted = [labels[i] for i in probabilities.argmax(axis=1)]
-    truth = [e.label for e in split.test]
-    confusion = {t: {p: 0 for p in labels} for t in labels}
-    for t, p in zip(truth, predicted, strict=True):
-        confusion[t][p] += 1
-    correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
-    return {
-        "accuracy": round(correct / len(truth), 4),
-        "examples": len(truth),
-        "per_class_recall": {t: round(confusion[t][t] / max(1, sum(confusion[t].values())), 4) for t in labels},
-        "confusion": confusion,
-    }
+    return classification_report([e.label for e in split.test], predicted, labels)
 
 
 def _sentiment_graph(weights: dict[str, np.ndarray], cfg: BertConfig, head: Head | None) -> onnx.ModelProto:

@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from engine.modelbuild.evaluation import classification_report
 from engine.session import SessionConfig, open_session
 
 MODEL_NAME = "iris"
@@ -100,17 +101,7 @@ def evaluate(model_path: Path, split: IrisSplit) -> dict[str, object]:
     session = open_session(model_path, SessionConfig(providers=("CPUExecutionProvider",)))
     probabilities = session.run([OUTPUT_NAME], {INPUT_NAME: split.x_test})[0]
     predicted = [LABELS[i] for i in np.asarray(probabilities).argmax(axis=1)]
-    truth = [LABELS[i] for i in split.y_test]
-    confusion = {t: {p: 0 for p in LABELS} for t in LABELS}
-    for t, p in zip(truth, predicted, strict=True):
-        confusion[t][p] += 1
-    correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
-    return {
-        "accuracy": round(correct / len(truth), 4),
-        "examples": len(truth),
-        "per_class_recall": {t: round(confusion[t][t] / max(1, sum(confusion[t].values())), 4) for t in LABELS},
-        "confusion": confusion,
-    }
+    return classification_report([LABELS[i] for i in split.y_test], predicted, LABELS)
 
 
 def write_card(folder: Path, card: dict[str, object]) -> None:

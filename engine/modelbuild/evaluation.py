@@ -1,0 +1,19 @@
+"""Held-out evaluation figures that every model card reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def classification_report(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, object]:
+    """Accuracy, per-class recall and the confusion matrix (truth -> predicted -> count)."""
+    confusion = {t: {p: 0 for p in labels} for t in labels}
+    for t, p in zip(truth, predicted, strict=True):
+        confusion[t][p] += 1
+    correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
+    return {
+        "accuracy": round(correct / len(truth), 4),
+        "examples": len(truth),
+        "per_class_recall": {t: round(confusion[t][t] / max(1, sum(confusion[t].values())), 4) for t in labels},
+        "confusion": confusion,
+    }
