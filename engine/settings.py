@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     enable_metrics: bool = Field(True, description="Serve Prometheus metrics on /metrics.")
     enable_tracing: bool = Field(False, description="Trace requests (X-Ray on Lambda).")
 
+    @field_validator(
+        "admin_token", "auth_token_parameter", "batch_results_uri", "redis_url", "redis_password", "redis_username", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # Deployment templates pass "" for an optional value that was not given.
+        return None if value == "" else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
