@@ -27,6 +27,18 @@ def _build_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emulate(args: argparse.Namespace) -> int:
+    from emulator.commands import emulate
+
+    return emulate(args)
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    from emulator.commands import invoke
+
+    return invoke(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlinfer", description="ml-inference-system command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(run=_build_models)
+
+    from emulator.commands import add_arguments
+
+    emulate = commands.add_parser("emulate", help="run the template's Lambda functions locally (HTTP front, Invoke API)")
+    emulate.set_defaults(run=_emulate)
+    invoke = commands.add_parser("invoke", help="invoke one function of the template once, like sam local invoke")
+    invoke.set_defaults(run=_invoke)
+    add_arguments(emulate, invoke)
 
     args = parser.parse_args(argv)
     result: int = args.run(args)
