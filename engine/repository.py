@@ -18,7 +18,7 @@ from engine.kinds import ClassifierModel, ModelKindName, load_model
 from engine.metrics import Metrics
 from engine.registry import ModelSpec, Registry, VersionSpec
 from engine.session import SessionConfig
-from engine.sources import LocalSource, ModelSource, S3Source
+from engine.sources import LocalSource, ModelSource, S3Source, weights_name
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ class ModelRepository:
             model = load_model(entry.kind, model_path, self._session_config, labels=entry.labels_override, tokenizer_path=tokenizer_path)
             model.warm_up()
             if self._digests:  # replacing any file of the version changes its cache keys
-                files = [model_path, *(p for p in model_path.parent.iterdir() if p.name in _SIDECARS)]
+                names = {*_SIDECARS, weights_name(model_path.name)}
+                files = [model_path, *sorted(p for p in model_path.parent.iterdir() if p.name in names)]
                 entry.digest = content_digest(files + ([tokenizer_path] if tokenizer_path else []))
         except Exception as exc:  # any load failure marks this version FAILED; the others still serve
             entry.state, entry.error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
@@ -233,7 +234,9 @@ class ModelRepository:
             sidecars.append(_SIDECARS[0])
         if entry.labels_override is None:
             sidecars.append(_SIDECARS[1])
-        return self._source(location).fetch(location, sha256=entry.spec.sha256, sidecars=sidecars)
+        # External weights (model.onnx.data) come along when the model has them.
+        weights = weights_name(location)
+        return self._source(location).fetch(location, sha256=entry.spec.sha256, sidecars=sidecars, optional_sidecars=[weights])
 
     def _batch_observer(self, labels: Key) -> Callable[[int, float], None]:
         size_metric = self._metrics.batch_size.labels(*labels)

@@ -29,6 +29,10 @@ class ModelSourceError(Exception):
     """A model version's files cannot be provided; the message names the location and the reason."""
 
 
+class ObjectNotFound(ModelSourceError):
+    """The S3 object (or its bucket) does not exist."""
+
+
 class ChecksumMismatch(ModelSourceError):
     """The model file's sha256 is not the one the registry expects."""
 
@@ -36,14 +40,20 @@ class ChecksumMismatch(ModelSourceError):
 class ModelSource(Protocol):
     """Provides a model version's files as local files, whatever their origin."""
 
-    def fetch(self, location: str, *, sha256: str | None, sidecars: Sequence[str]) -> Path:
+    def fetch(self, location: str, *, sha256: str | None, sidecars: Sequence[str], optional_sidecars: Sequence[str] = ()) -> Path:
         """Local path of the model file, with its sidecars beside it.
 
         ``location`` is the registry's ``path`` for the version. When ``sha256`` is given, the
         model file returned has exactly that digest (lower-case hex). Every sidecar named is
-        required. Raises ``ModelSourceError`` (``ChecksumMismatch`` for a wrong digest).
+        required; ``optional_sidecars`` (such as external weights) are provided when they exist.
+        Raises ``ModelSourceError`` (``ChecksumMismatch`` for a wrong digest).
         """
         ...
+
+
+def weights_name(model_name: str) -> str:
+    """The external-weights file of a model (``model.onnx`` -> ``model.onnx.data``), as the build writes it."""
+    return model_name.rpartition("/")[2] + ".data"
 
 
 def sha256_file(path: Path) -> str:
@@ -76,8 +86,8 @@ class LocalSource:
         path = Path(location)
         return path if path.is_absolute() else self._base_dir / path
 
-    def fetch(self, location: str, *, sha256: str | None, sidecars: Sequence[str]) -> Path:
-        _check_sidecar_names(location, sidecars)
+    def fetch(self, location: str, *, sha256: str | None, sidecars: Sequence[str], optional_sidecars: Sequence[str] = ()) -> Path:
+        _check_sidecar_names(location, [*sidecars, *optional_sidecars])
         model = self.resolve(location)
         if not model.is_file():
             raise ModelSourceError(f"{location}: model file {model} not found")
@@ -140,8 +150,8 @@ class S3Source:
                 self._client = self._client_factory()
             return self._client
 
-    def fetch(self, location: str, *, sha256: str | None, sidecars: Sequence[str]) -> Path:
-        _check_sidecar_names(location, sidecars)
+    def fetch(self, location: str, *, sha256: str | None, sidecars: Sequence[str], optional_sidecars: Sequence[str] = ()) -> Path:
+        _check_sidecar_names(location, [*sidecars, *optional_sidecars])
         bucket, key = parse_s3_uri(location)
         prefix, _, name = key.rpartition("/")
         folder = self._cache_dir.joinpath(bucket, *prefix.split("/")) if prefix else self._cache_dir / bucket
@@ -153,6 +163,11 @@ class S3Source:
             model = self._ensure(bucket, key, folder / name, sha256=sha256)
             for sidecar in sidecars:
                 self._ensure(bucket, f"{prefix}/{sidecar}" if prefix else sidecar, folder / sidecar, sha256=None)
+            for sidecar in optional_sidecars:
+                try:
+                    self._ensure(bucket, f"{prefix}/{sidecar}" if prefix else sidecar, folder / sidecar, sha256=None)
+                except ObjectNotFound:
+                    logger.debug("%s: no optional %s", location, sidecar)
         return model
 
     def _ensure(self, bucket: str, key: str, dest: Path, *, sha256: str | None) -> Path:
@@ -212,7 +227,7 @@ def _as_source_error(uri: str, exc: Exception) -> ModelSourceError:
     """A boto error as a ModelSourceError that names the object."""
     code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
     if code in _NOT_FOUND_CODES:
-        return ModelSourceError(f"{uri}: object not found ({code})")
+        return ObjectNotFound(f"{uri}: object not found ({code})")
     return ModelSourceError(f"{uri}: cannot download: {type(exc).__name__}: {exc}")
 
 

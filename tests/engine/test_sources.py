@@ -22,7 +22,8 @@ from tests.conftest import V1_DIR, require_models
 BUCKET = "models"
 PREFIX = "sentiment/v1"
 MODEL_URI = f"s3://{BUCKET}/{PREFIX}/model.onnx"
-SIDECARS = ("tokenizer.json", "labels.json")
+# The built models keep their weights in model.onnx.data; these tests name it as a sidecar.
+SIDECARS = ("tokenizer.json", "labels.json", "model.onnx.data")
 FILES = ("model.onnx", *SIDECARS)
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 
@@ -304,6 +305,16 @@ def test_local_missing_sidecar_names_it(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelSourceError, match=f"sidecar file\\(s\\) not found: {tmp_path / 'labels.json'}"):
         LocalSource(tmp_path).fetch("model.onnx", sha256=None, sidecars=SIDECARS)
+
+
+def test_optional_sidecars_come_along_when_they_exist(endpoint: str, tmp_path: Path) -> None:
+    counting = CountingClients()
+    model = S3Source(tmp_path, client_factory=counting).fetch(
+        MODEL_URI, sha256=None, sidecars=("tokenizer.json", "labels.json"), optional_sidecars=("model.onnx.data", "absent.bin")
+    )
+    assert (model.parent / "model.onnx.data").stat().st_size == (V1_DIR / "model.onnx.data").stat().st_size
+    assert not (model.parent / "absent.bin").exists()
+    TextClassifier(model, SessionConfig())  # the graph finds its weights
 
 
 def test_source_for_picks_by_scheme(tmp_path: Path) -> None:

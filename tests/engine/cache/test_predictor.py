@@ -115,7 +115,8 @@ def test_replacing_a_model_file_invalidates_its_entries(
         _ask_in_one_loop(engine, ["shared across processes"])
     with engine_with(registry, **_redis_settings(redis_server)) as engine:  # a second process, same Redis
         assert _ask_in_one_loop(engine, ["shared across processes"]).results[0].cached is True
-    shutil.copyfile(V2_DIR / "model.onnx", folder / "model.onnx")  # a new model under the same name
+    for name in ("model.onnx", "model.onnx.data"):  # a new model under the same name
+        shutil.copyfile(V2_DIR / name, folder / name)
     with engine_with(registry, **_redis_settings(redis_server)) as engine:
         assert _ask_in_one_loop(engine, ["shared across processes"]).results[0].cached is False
 

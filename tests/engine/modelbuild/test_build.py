@@ -24,7 +24,7 @@ from engine.modelbuild.build import (
     sha256_file,
 )
 
-FILES = ("model.onnx", "tokenizer.json", "labels.json", "model_card.json", "MODEL_CARD.md")
+FILES = ("model.onnx", "model.onnx.data", "tokenizer.json", "labels.json", "model_card.json", "MODEL_CARD.md")
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 INT8_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 
@@ -210,7 +210,27 @@ def test_v2_accuracy_within_one_and_a_half_points_of_v1(cards: dict[str, dict[st
     assert abs(v1 - v2) <= 0.015, (v1, v2)
 
 
-def test_v2_file_is_smaller_than_v1(models_dir: Path) -> None:
-    v1 = (models_dir / "sentiment_v1" / "model.onnx").stat().st_size
-    v2 = (models_dir / "sentiment_v2" / "model.onnx").stat().st_size
+def test_v2_weights_are_smaller_than_v1(models_dir: Path) -> None:
+    v1 = (models_dir / "sentiment_v1" / "model.onnx.data").stat().st_size
+    v2 = (models_dir / "sentiment_v2" / "model.onnx.data").stat().st_size
     assert v2 < v1
+
+
+def test_weights_are_external_readable_and_in_the_manifest(models_dir: Path) -> None:
+    manifest = json.loads((models_dir / "manifest.json").read_text())
+    for spec in VERSIONS:
+        model = models_dir / spec.folder / "model.onnx"
+        weights = model.with_name("model.onnx.data")
+        assert model.stat().st_size < 1_000_000 < weights.stat().st_size  # the graph alone is small
+        assert weights.stat().st_mode & 0o044 == 0o044  # group and others can read it (a Lambda runtime user)
+        assert manifest["versions"][spec.version]["weights_sha256"] == sha256_file(weights)
+        card = json.loads((models_dir / spec.folder / "model_card.json").read_text())
+        assert card["weights_sha256"] == sha256_file(weights)
+
+
+def test_a_changed_weights_file_is_not_up_to_date(models_copy: Path, key: str) -> None:
+    weights = models_copy / "sentiment_v1" / "model.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[1000] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert not is_up_to_date(models_copy, key)
