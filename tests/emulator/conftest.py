@@ -6,19 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore.config import Config
 
 from tests.conftest import REPO_ROOT
-from tests.handlers.conftest import _free_port, stop_server
+from tests.handlers.conftest import stop_server
+from tests.network import free_port, wait_until_ready
 
 TEST_TEMPLATE = Path(__file__).resolve().parent / "template.yaml"
 MAX_CONCURRENCY = 2
@@ -48,7 +47,7 @@ class Emulator:
 def start_emulator(
     log_path: Path, template: Path, *extra: str, env_vars: dict[str, Any] | None = None, runtime_api_function: str | None = None
 ) -> tuple[subprocess.Popen[bytes], Emulator]:
-    port, lambda_port, runtime_port = _free_port(), _free_port(), _free_port()
+    port, lambda_port, runtime_port = free_port(), free_port(), free_port()
     command = [sys.executable, "-m", "handlers.cli", "emulate", "--template", str(template), "--port", str(port)]
     command += ["--lambda-port", str(lambda_port), *extra]
     if runtime_api_function is not None:
@@ -60,18 +59,9 @@ def start_emulator(
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
     emulator = Emulator(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{lambda_port}", f"127.0.0.1:{runtime_port}", log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"emulator exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{emulator.lambda_url}/2015-03-31/functions/", timeout=1.0).status_code == 200:
-                return process, emulator
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"emulator not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+    ready_url = f"{emulator.lambda_url}/2015-03-31/functions/"
+    wait_until_ready(process, ready_url, log_path, what="emulator", timeout_s=STARTUP_TIMEOUT_S)
+    return process, emulator
 
 
 @pytest.fixture(scope="session")

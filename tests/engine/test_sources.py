@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from engine.session import SessionConfig
 from engine.sources import ChecksumMismatch, LocalSource, ModelSourceError, S3Source, sha256_file, source_for
 from engine.text_classifier import TextClassifier
 from tests.conftest import V1_DIR, require_models
+from tests.network import free_port
 
 BUCKET = "models"
 PREFIX = "sentiment/v1"
@@ -28,17 +28,11 @@ FILES = ("model.onnx", *SIDECARS)
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server on localhost holding the built sentiment v1 files under ``PREFIX``."""
     require_models()
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import REGISTRY_PATH, REPO_ROOT
+from tests.network import free_port, wait_until_ready
 
 TOKEN = "test-token"
 STARTUP_TIMEOUT_S = 60.0
@@ -27,16 +26,9 @@ class LiveServer:
     log_path: Path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_server(log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``mlinfer serve`` and wait until /health says ready; fail with its log otherwise."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AUTH_TOKEN": TOKEN,
@@ -53,18 +45,8 @@ def start_server(log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen
             stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+    wait_until_ready(process, f"{base_url}/health", log_path, what="server", timeout_s=STARTUP_TIMEOUT_S)
+    return process, base_url
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
