@@ -44,6 +44,7 @@ from engine.schemas import (
 )
 from engine.secrets import token_source
 from engine.settings import Settings
+from engine.shadow import ShadowJob, ShadowRunner, top_label
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +66,6 @@ class _Generation:
     @classmethod
     def of(cls, repository: ModelRepository) -> _Generation:
         return cls(repository, {name: strategy_for(spec) for name, spec in repository.registry.models.items()})
-
-
-def _top(scores: Mapping[str, float]) -> str:
-    return max(scores, key=scores.__getitem__)
 
 
 def _key_name(key: Key) -> str:
@@ -97,7 +94,7 @@ class InferenceEngine:
         self._started = False
         self._reload_lock = threading.Lock()
         self._last_reload: ReloadReport | None = None
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._shadows = ShadowRunner(metrics, mode=settings.shadow_mode, timeout_ms=settings.shadow_timeout_ms)
         self.observers: list[PredictionObserver] = []
 
     @property
@@ -120,8 +117,7 @@ class InferenceEngine:
         await asyncio.to_thread(self.load)
 
     def close(self) -> None:
-        for task in list(self._shadow_tasks):
-            task.cancel()
+        self._shadows.cancel()
         self.repository.close()
 
     async def aclose(self) -> None:
@@ -234,12 +230,12 @@ class InferenceEngine:
         for item, out in zip(request.inputs, outputs, strict=True):
             if request.texts is not None:
                 results.append(
-                    TextResult(text=item, prediction=_top(out.scores), scores=out.scores, latency_ms=out.latency_ms, cached=out.cached)
+                    TextResult(text=item, prediction=top_label(out.scores), scores=out.scores, latency_ms=out.latency_ms, cached=out.cached)
                 )
             else:
                 results.append(
                     InstanceResult(
-                        instance=item, prediction=_top(out.scores), scores=out.scores, latency_ms=out.latency_ms, cached=out.cached
+                        instance=item, prediction=top_label(out.scores), scores=out.scores, latency_ms=out.latency_ms, cached=out.cached
                     )
                 )
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -250,7 +246,16 @@ class InferenceEngine:
         for observe in self.observers:
             observe(name, entry.version, len(results), latency_ms)
         if assignment.shadow is not None:
-            await self._shadow(repository, name, entry.version, assignment.shadow, request.inputs, [r.prediction for r in results])
+            shadow_version = assignment.shadow
+            await self._shadows.submit(
+                ShadowJob(
+                    model=name,
+                    primary=entry.version,
+                    shadow=shadow_version,
+                    predictions=[r.prediction for r in results],
+                    run=lambda: self._run(repository, repository.resolve(name, shadow_version), request.inputs),
+                )
+            )
         return PredictResponse(
             request_id=request_id,
             model=name,
@@ -260,52 +265,9 @@ class InferenceEngine:
             latency_ms=round(latency_ms, 3),
         )
 
-    # -- shadow ---------------------------------------------------------------------------
-
-    async def _shadow(
-        self, repository: ModelRepository, name: str, primary: str, shadow: str, inputs: Sequence[Any], predictions: list[str]
-    ) -> None:
-        run = self._run_shadow(repository, name, primary, shadow, inputs, predictions)
-        if self.settings.shadow_mode == "inline":
-            await run
-            return
-        task = asyncio.create_task(run)
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
-
-    async def _run_shadow(
-        self, repository: ModelRepository, name: str, primary: str, shadow: str, inputs: Sequence[Any], predictions: list[str]
-    ) -> None:
-        """Run the shadow version on the same inputs and record agreement. Never raises."""
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.settings.shadow_timeout_ms / 1000.0):
-                outputs = await self._run(repository, repository.resolve(name, shadow), inputs)
-        except TimeoutError:
-            self.metrics.shadow_failures.labels(name, shadow, "timeout").inc()
-            logger.warning("shadow model=%s version=%s timed out after %d ms", name, shadow, self.settings.shadow_timeout_ms)
-            return
-        except Exception as exc:  # a shadow failure must never reach the client
-            self.metrics.shadow_failures.labels(name, shadow, "error").inc()
-            logger.warning("shadow model=%s version=%s failed: %s: %s", name, shadow, type(exc).__name__, exc)
-            return
-        agree = sum(_top(out.scores) == label for out, label in zip(outputs, predictions, strict=True))
-        self.metrics.shadow_predictions.labels(name, primary, shadow, "agree").inc(agree)
-        self.metrics.shadow_predictions.labels(name, primary, shadow, "disagree").inc(len(predictions) - agree)
-        logger.info(
-            "shadow model=%s primary=%s shadow=%s agreement=%d/%d latency_ms=%.1f",
-            name,
-            primary,
-            shadow,
-            agree,
-            len(predictions),
-            (time.perf_counter() - started) * 1000.0,
-        )
-
     async def drain_shadows(self, timeout_s: float = 10.0) -> None:
         """Wait for background shadow runs (tests, graceful shutdown)."""
-        if self._shadow_tasks:
-            await asyncio.wait(list(self._shadow_tasks), timeout=timeout_s)
+        await self._shadows.drain(timeout_s)
 
     # -- reload ---------------------------------------------------------------------------
 

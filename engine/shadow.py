@@ -1,0 +1,87 @@
+"""Shadow runs: a second version answers the same inputs, out of the client's sight.
+
+The primary's reply never waits on a background shadow, and a shadow's failure or slowness
+never reaches the client: it is counted and logged. Inline mode (Lambda, where nothing runs
+after the invocation returns) runs the shadow before the reply, within its time budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.metrics import Metrics
+from engine.predictor import Output
+
+logger = logging.getLogger(__name__)
+
+ShadowRun = Callable[[], Awaitable[list[Output]]]
+
+
+def top_label(scores: Mapping[str, float]) -> str:
+    return max(scores, key=scores.__getitem__)
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    model: str
+    primary: str
+    shadow: str
+    predictions: Sequence[str]
+    run: ShadowRun  # computes the shadow's outputs for the request's inputs
+
+
+class ShadowRunner:
+    def __init__(self, metrics: Metrics, *, mode: Literal["background", "inline"], timeout_ms: int) -> None:
+        self._metrics = metrics
+        self._mode = mode
+        self._timeout_ms = timeout_ms
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, job: ShadowJob) -> None:
+        """Inline: run it now. Background: start it and return at once."""
+        if self._mode == "inline":
+            await self._run(job)
+            return
+        task = asyncio.create_task(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: ShadowJob) -> None:
+        """Run the shadow and record agreement with the primary's top labels. Never raises."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout_ms / 1000.0):
+                outputs = await job.run()
+        except TimeoutError:
+            self._metrics.shadow_failures.labels(job.model, job.shadow, "timeout").inc()
+            logger.warning("shadow model=%s version=%s timed out after %d ms", job.model, job.shadow, self._timeout_ms)
+            return
+        except Exception as exc:  # a shadow failure must never reach the client
+            self._metrics.shadow_failures.labels(job.model, job.shadow, "error").inc()
+            logger.warning("shadow model=%s version=%s failed: %s: %s", job.model, job.shadow, type(exc).__name__, exc)
+            return
+        agree = sum(top_label(out.scores) == label for out, label in zip(outputs, job.predictions, strict=True))
+        self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "agree").inc(agree)
+        self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "disagree").inc(len(job.predictions) - agree)
+        logger.info(
+            "shadow model=%s primary=%s shadow=%s agreement=%d/%d latency_ms=%.1f",
+            job.model,
+            job.primary,
+            job.shadow,
+            agree,
+            len(job.predictions),
+            (time.perf_counter() - started) * 1000.0,
+        )
+
+    async def drain(self, timeout_s: float) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
