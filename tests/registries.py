@@ -1,13 +1,17 @@
-"""Registry files for tests, pointing at the built models by absolute path."""
+"""Registry files for tests, pointing at the built models by absolute path, and engines over them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.conftest import V1_DIR, V2_DIR
+from engine.facade import InferenceEngine
+from engine.factory import build_engine
+from tests.conftest import V1_DIR, V2_DIR, make_settings
 
 V1_MODEL = str(V1_DIR / "model.onnx")
 V2_MODEL = str(V2_DIR / "model.onnx")
@@ -30,3 +34,13 @@ def write_registry(folder: Path, models: dict[str, dict[str, Any]], name: str = 
     path = folder / name
     path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
     return path
+
+
+@contextmanager
+def engine_for(registry: Path, **settings: object) -> Iterator[InferenceEngine]:
+    engine = build_engine(make_settings(model_registry_path=registry, **settings))
+    engine.load()
+    try:
+        yield engine
+    finally:
+        engine.close()

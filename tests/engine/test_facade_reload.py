@@ -9,8 +9,7 @@ import pytest
 
 from engine.errors import ReloadFailed
 from engine.schemas import PredictRequest
-from tests.engine.test_facade_rollout import engine_for
-from tests.registries import V1_MODEL, V2_MODEL, sentiment, write_registry
+from tests.registries import V1_MODEL, V2_MODEL, engine_for, sentiment, write_registry
 
 V1_ONLY = {"v1": {"path": V1_MODEL, "status": "active"}}
 

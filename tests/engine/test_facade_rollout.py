@@ -5,30 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from engine.facade import InferenceEngine
-from engine.factory import build_engine
 from engine.rollout import Canary, routing_bucket
 from engine.schemas import PredictRequest
-from tests.conftest import V1_DIR, V2_DIR, make_settings
-from tests.registries import V1_MODEL, sentiment, write_registry
+from tests.conftest import V1_DIR, V2_DIR
+from tests.registries import V1_MODEL, engine_for, sentiment, write_registry
 
 CANARY = {"type": "canary", "canary_percentage": 10, "target_version": "v2"}
-
-
-@contextmanager
-def engine_for(registry: Path, **settings: object) -> Iterator[InferenceEngine]:
-    engine = build_engine(make_settings(model_registry_path=registry, **settings))
-    engine.load()
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 def _sample(engine: InferenceEngine, name: str, **labels: str) -> float:

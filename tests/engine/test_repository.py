@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import yaml
 
 from engine.errors import ModelNotReady, VersionNotFound
-from engine.facade import InferenceEngine
 from engine.factory import build_engine
 from engine.registry import RegistryError
 from engine.repository import ModelState
 from engine.schemas import PredictRequest
-from tests.conftest import V1_DIR, V2_DIR, make_settings
+from tests.conftest import V1_DIR, make_settings
+from tests.registries import engine_for, sentiment, write_registry
 
 
-def _registry(tmp_path: Path, versions: dict[str, dict[str, str]], default: str = "v1", strategy: str = "pinned") -> Path:
-    path = tmp_path / "registry.yaml"
-    spec = {"models": {"sentiment_analysis": {"default_version": default, "versions": versions, "rollout_strategy": {"type": strategy}}}}
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-@contextmanager
-def _loaded(registry: Path) -> Iterator[InferenceEngine]:
-    engine = build_engine(make_settings(model_registry_path=registry))
-    engine.load()
-    try:
-        yield engine
-    finally:
-        engine.close()
+def _registry(tmp_path: Path, versions: dict[str, dict[str, str]], strategy: str = "pinned") -> Path:
+    return write_registry(tmp_path, {"sentiment_analysis": sentiment(versions, rollout={"type": strategy})})
 
 
 def test_a_version_that_fails_to_load_is_failed_and_the_rest_serve(tmp_path: Path, models_dir: Path) -> None:
@@ -46,7 +30,7 @@ def test_a_version_that_fails_to_load_is_failed_and_the_rest_serve(tmp_path: Pat
         tmp_path,
         {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v3": {"path": "broken/model.onnx", "status": "candidate"}},
     )
-    with _loaded(registry) as engine:
+    with engine_for(registry) as engine:
         health = engine.health()
         assert (health.status, health.ready, health.active_models) == ("degraded", True, ["sentiment_analysis:v1"])
         failed = next(m for m in health.models if m.version == "v3")
@@ -61,7 +45,7 @@ def test_a_failed_default_version_makes_the_service_unready(tmp_path: Path, mode
         tmp_path,
         {"v1": {"path": "missing/model.onnx", "status": "active"}, "v2": {"path": str(V1_DIR / "model.onnx"), "status": "candidate"}},
     )
-    with _loaded(registry) as engine:
+    with engine_for(registry) as engine:
         health = engine.health()
         assert (health.status, health.ready) == ("unavailable", False)
         assert "not found" in str(next(m for m in health.models if m.version == "v1").error)
@@ -72,7 +56,7 @@ def test_retired_versions_are_never_loaded_or_served(tmp_path: Path, models_dir:
         tmp_path,
         {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v0": {"path": "gone/model.onnx", "status": "retired"}},
     )
-    with _loaded(registry) as engine:
+    with engine_for(registry) as engine:
         assert engine.health().status == "active"
         assert {m.version: m.state for m in engine.health().models}["v0"] == "retired"
         with pytest.raises(VersionNotFound, match="is retired"):
@@ -86,13 +70,8 @@ def test_an_invalid_rollout_is_refused_at_start(tmp_path: Path) -> None:
 
 
 def test_lru_bound_evicts_the_least_recently_used_and_reloads_on_demand(tmp_path: Path, models_dir: Path) -> None:
-    registry = _registry(
-        tmp_path,
-        {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v2": {"path": str(V2_DIR / "model.onnx"), "status": "candidate"}},
-    )
-    engine = build_engine(make_settings(model_registry_path=registry, model_cache_size=1))
-    engine.load()
-    try:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})  # v1 active, v2 candidate
+    with engine_for(registry, model_cache_size=1) as engine:
         states = lambda: {m.version: m.state for m in engine.health().models}  # noqa: E731
         assert states() == {"v1": "ready", "v2": "unloaded"}
         assert engine.health().status == "active"
@@ -105,19 +84,12 @@ def test_lru_bound_evicts_the_least_recently_used_and_reloads_on_demand(tmp_path
             "model_evictions_total", {"model": "sentiment_analysis", "model_version": "v1"}
         )
         assert evictions == 1
-    finally:
-        engine.close()
 
 
 def test_a_leased_version_is_not_evicted(tmp_path: Path, models_dir: Path) -> None:
-    registry = _registry(
-        tmp_path,
-        {"v1": {"path": str(V1_DIR / "model.onnx"), "status": "active"}, "v2": {"path": str(V2_DIR / "model.onnx"), "status": "candidate"}},
-    )
-    engine = build_engine(make_settings(model_registry_path=registry, model_cache_size=1))
-    engine.load()
-    repository = engine.repository
-    try:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+    with engine_for(registry, model_cache_size=1) as engine:
+        repository = engine.repository
         v1, v2 = repository.resolve("sentiment_analysis", "v1"), repository.resolve("sentiment_analysis", "v2")
         assert repository.acquire(v1)  # an in-flight request holds v1
         assert repository.ensure_loaded(v2)
@@ -126,5 +98,3 @@ def test_a_leased_version_is_not_evicted(tmp_path: Path, models_dir: Path) -> No
         assert (v1.state, v2.state) == (ModelState.UNLOADED, ModelState.READY)
         assert asyncio.run(engine.predict(PredictRequest(texts=["fine"], model_version="v1"))).model_version == "v1"
         assert (v1.state, v2.state) == (ModelState.READY, ModelState.UNLOADED)
-    finally:
-        engine.close()
