@@ -229,10 +229,3 @@ def _as_source_error(uri: str, exc: Exception) -> ModelSourceError:
     if code in _NOT_FOUND_CODES:
         return ObjectNotFound(f"{uri}: object not found ({code})")
     return ModelSourceError(f"{uri}: cannot download: {type(exc).__name__}: {exc}")
-
-
-def source_for(location: str, *, base_dir: Path, cache_dir: Path) -> ModelSource:
-    """The source that serves ``location``: S3 for ``s3://`` URIs, the local disk otherwise."""
-    if location.startswith(S3_SCHEME):
-        return S3Source(cache_dir)
-    return LocalSource(base_dir)

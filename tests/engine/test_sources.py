@@ -14,7 +14,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from engine.session import SessionConfig
-from engine.sources import ChecksumMismatch, LocalSource, ModelSourceError, S3Source, sha256_file, source_for
+from engine.sources import ChecksumMismatch, LocalSource, ModelSourceError, S3Source, sha256_file
 from engine.text_classifier import TextClassifier
 from tests.conftest import V1_DIR, require_models
 from tests.network import free_port
@@ -309,11 +309,6 @@ def test_optional_sidecars_come_along_when_they_exist(endpoint: str, tmp_path: P
     assert (model.parent / "model.onnx.data").stat().st_size == (V1_DIR / "model.onnx.data").stat().st_size
     assert not (model.parent / "absent.bin").exists()
     TextClassifier(model, SessionConfig())  # the graph finds its weights
-
-
-def test_source_for_picks_by_scheme(tmp_path: Path) -> None:
-    assert isinstance(source_for(MODEL_URI, base_dir=tmp_path, cache_dir=tmp_path), S3Source)
-    assert isinstance(source_for("models/v1/model.onnx", base_dir=tmp_path, cache_dir=tmp_path), LocalSource)
 
 
 # --- through the engine: a registry version on S3 ----------------------------------------------
