@@ -55,18 +55,3 @@ def invoke(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.write("REPORT RequestId:" + report)
     return 1 if invocation.function_error else 0
-
-
-def add_arguments(emulate_parser: argparse.ArgumentParser, invoke_parser: argparse.ArgumentParser) -> None:
-    for parser in (emulate_parser, invoke_parser):
-        parser.add_argument("--template", "-t", type=Path, default=Path("template.yaml"), help="SAM template (default: template.yaml)")
-        parser.add_argument("--env-vars", "-n", type=Path, help='JSON overrides: {"Parameters": {...}, "<Function>": {...}}')
-        parser.add_argument("--parameter-overrides", nargs="*", metavar="KEY=VALUE", help="template parameter values")
-    emulate_parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    emulate_parser.add_argument("--port", "-p", type=int, default=3000, help="HTTP front, like sam local start-api (default: 3000)")
-    emulate_parser.add_argument("--lambda-port", type=int, default=3001, help="Invoke API, like sam local start-lambda (default: 3001)")
-    emulate_parser.add_argument("--max-concurrency", type=int, default=10, help="environments per function before 429 (default: 10)")
-    emulate_parser.add_argument("--runtime-api-port", type=int, help="serve a function through the Lambda Runtime API on this port")
-    emulate_parser.add_argument("--runtime-api-function", help="the function the Runtime API serves (default: the first)")
-    invoke_parser.add_argument("function", help="logical id of the function in the template")
-    invoke_parser.add_argument("--event", "-e", help="event JSON file, '-' for stdin (default: {})")

@@ -1,13 +1,39 @@
-"""``mlinfer``: the command line."""
+"""``mlinfer``: the command line.
+
+``serve`` is what the images run. ``build-models`` (the ``build`` extra) and ``emulate`` /
+``invoke`` (the emulator) are tools: each imports its package only when it runs, so an image
+that carries neither still runs ``mlinfer serve``, and a missing tool says how to install it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from engine.settings import Settings
+
+_TOOL_HINTS = {
+    "modelbuild": "the model build is not installed here: pip install 'ml-inference-system[build]' from a checkout (make models does)",
+    "emulator": "the emulator is not installed here: pip install 'ml-inference-system[emulator]' from a checkout (make emulate does)",
+}
+
+
+class MissingTool(Exception):
+    """A subcommand's package is not installed; the message says how to get it."""
+
+
+def _tool(package: str, module: str) -> ModuleType:
+    try:
+        return importlib.import_module(f"{package}.{module}")
+    except ModuleNotFoundError as exc:
+        # Only the tool's own package (or a library only it needs) missing is a hint; other errors surface as they are.
+        if exc.name is None or exc.name.split(".")[0] in ("engine", "handlers"):
+            raise
+        raise MissingTool(f"{_TOOL_HINTS[package]} ({exc})") from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -19,29 +45,41 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _build_models(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from engine.modelbuild.build import build_models
-
+    build = _tool("modelbuild", "build")
     output = args.output if args.output is not None else Settings().model_registry_path.resolve().parent / "models"
-    built = build_models(output, force=args.force, progress=not args.quiet)
+    built = build.build_models(output, force=args.force, progress=not args.quiet)
     print(f"models {'built' if built else 'already up to date'} in {output}")
     return 0
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from emulator.commands import emulate
-
-    return emulate(args)
+    result: int = _tool("emulator", "commands").emulate(args)
+    return result
 
 
 def _invoke(args: argparse.Namespace) -> int:
-    from emulator.commands import invoke
+    result: int = _tool("emulator", "commands").invoke(args)
+    return result
 
-    return invoke(args)
+
+def _emulator_arguments(emulate: argparse.ArgumentParser, invoke: argparse.ArgumentParser) -> None:
+    for parser in (emulate, invoke):
+        parser.add_argument("--template", "-t", type=Path, default=Path("template.yaml"), help="SAM template (default: template.yaml)")
+        parser.add_argument("--env-vars", "-n", type=Path, help='JSON overrides: {"Parameters": {...}, "<Function>": {...}}')
+        parser.add_argument("--parameter-overrides", nargs="*", metavar="KEY=VALUE", help="template parameter values")
+    emulate.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    emulate.add_argument("--port", "-p", type=int, default=3000, help="HTTP front, like sam local start-api (default: 3000)")
+    emulate.add_argument("--lambda-port", type=int, default=3001, help="Invoke API, like sam local start-lambda (default: 3001)")
+    emulate.add_argument("--max-concurrency", type=int, default=10, help="environments per function before 429 (default: 10)")
+    emulate.add_argument("--runtime-api-port", type=int, help="serve a function through the Lambda Runtime API on this port")
+    emulate.add_argument("--runtime-api-function", help="the function the Runtime API serves (default: the first)")
+    invoke.add_argument("function", help="logical id of the function in the template")
+    invoke.add_argument("--event", "-e", help="event JSON file, '-' for stdin (default: {})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mlinfer", description="ml-inference-system command line")
-    commands = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="mlinfer", description="ml-inference-system command line")
+    commands = root.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="serve the registry's models over HTTP")
     serve.add_argument("--host", help="address to bind (default: HOST, 127.0.0.1)")
@@ -49,22 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="server processes (default: WORKERS, 1)")
     serve.set_defaults(run=_serve)
 
-    build = commands.add_parser("build-models", help="build the default model versions (sentiment, iris)")
+    build = commands.add_parser("build-models", help="build the default models (needs the build extra)")
     build.add_argument("--output", type=Path, help="folder to write (default: models/ beside the registry)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(run=_build_models)
 
-    from emulator.commands import add_arguments
-
     emulate = commands.add_parser("emulate", help="run the template's Lambda functions locally (HTTP front, Invoke API)")
     emulate.set_defaults(run=_emulate)
     invoke = commands.add_parser("invoke", help="invoke one function of the template once, like sam local invoke")
     invoke.set_defaults(run=_invoke)
-    add_arguments(emulate, invoke)
+    _emulator_arguments(emulate, invoke)
+    return root
 
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except MissingTool as exc:
+        print(f"mlinfer {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -21,8 +21,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from engine.modelbuild.evaluation import classification_report
 from engine.session import SessionConfig, open_session
+from modelbuild.evaluation import classification_report
 
 MODEL_NAME = "iris"
 VERSION = "v1"

@@ -1,9 +1,7 @@
-"""engine/modelbuild/encoder.py: the torch-free MiniLM graph against sentence-transformers' embeddings."""
+"""modelbuild/encoder.py: the torch-free MiniLM graph against sentence-transformers' embeddings."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,20 +10,10 @@ import onnxruntime as ort
 import pytest
 from safetensors.numpy import load_file
 
-from engine.modelbuild.build import Sources, _sentiment_graph, locate_sources
-from engine.modelbuild.encoder import OPSET, BertConfig
 from engine.session import CPU_PROVIDER, SessionConfig, open_session
 from engine.tokenization import TextTokenizer
-
-REFERENCE_PATH = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
-
-
-@pytest.fixture(scope="module")
-def reference() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(REFERENCE_PATH.read_text())
-    assert data["normalized"] is True
-    assert len(data["sentences"]) >= 2
-    return data
+from modelbuild.build import Sources, _sentiment_graph, locate_sources
+from modelbuild.encoder import OPSET, BertConfig
 
 
 @pytest.fixture(scope="module")

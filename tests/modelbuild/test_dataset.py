@@ -1,4 +1,4 @@
-"""engine/modelbuild/dataset.py: the shipped Rotten Tomatoes corpus and its movie-level split."""
+"""modelbuild/dataset.py: the shipped Rotten Tomatoes corpus and its movie-level split."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from engine.modelbuild import dataset
-from engine.modelbuild.dataset import (
+from modelbuild import dataset
+from modelbuild.dataset import (
     CATEGORY_TO_LABEL,
     Example,
     Split,

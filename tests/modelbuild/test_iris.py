@@ -1,4 +1,4 @@
-"""engine/modelbuild/tabular.py: the built iris model's files, card and graph interface."""
+"""modelbuild/iris.py: the built iris model's files, card and graph interface."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from engine.modelbuild import tabular
-from engine.modelbuild.build import BUILD_COMMAND, sha256_file
+from engine.sources import sha256_file
+from modelbuild import iris
+from modelbuild.build import BUILD_COMMAND
 
 FILES = ("model.onnx", "labels.json", "model_card.json", "MODEL_CARD.md")
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
@@ -20,7 +21,7 @@ LABELS = ["setosa", "versicolor", "virginica"]
 
 @pytest.fixture(scope="module")
 def folder(models_dir: Path) -> Path:
-    path = models_dir / tabular.FOLDER
+    path = models_dir / iris.FOLDER
     if not (path / "model.onnx").is_file():
         pytest.fail(f"{path / 'model.onnx'} is missing: run `make models`")
     return path
@@ -98,7 +99,7 @@ def test_graph_outputs_include_plain_probabilities(graph: onnx.GraphProto) -> No
 
 
 def test_the_split_is_deterministic_and_stratified() -> None:
-    first, second = tabular.iris_split(), tabular.iris_split()
+    first, second = iris.iris_split(), iris.iris_split()
     np.testing.assert_array_equal(first.x_test, second.x_test)
     np.testing.assert_array_equal(first.y_test, second.y_test)
     assert first.x_test.dtype == np.float32 and first.x_test.shape == (45, 4) and first.x_train.shape == (105, 4)
@@ -106,5 +107,5 @@ def test_the_split_is_deterministic_and_stratified() -> None:
 
 
 def test_a_fresh_build_gives_the_same_file(folder: Path, tmp_path: Path) -> None:
-    card = tabular.build_iris(tmp_path / "iris_v1", BUILD_COMMAND)
+    card = iris.build_iris(tmp_path / "iris_v1", BUILD_COMMAND)
     assert card["sha256"] == sha256_file(folder / "model.onnx")

@@ -2,14 +2,18 @@
 
 Sentiment v1 is the fp32 graph (MiniLM encoder, mean pooling, L2 norm, linear head, softmax); v2 is a
 static int8 copy of it. Both are evaluated, file by file, on the held-out movies and
-described in a model card. The tabular ``iris`` v1 (``engine/modelbuild/tabular.py``) is built beside
+described in a model card. The ``sentence_embedding`` v1 (``modelbuild/embedding.py``) is the same
+encoder without the head, and the tabular ``iris`` v1 (``modelbuild/iris.py``) is built beside
 them. A build whose inputs have not changed is skipped.
+
+This package is a build tool, not part of the runtime: it may import ``engine``, never the reverse.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import shutil
@@ -26,14 +30,14 @@ import onnxruntime as ort
 from safetensors.numpy import load_file
 from tqdm import tqdm
 
-from engine.modelbuild import dataset, tabular
-from engine.modelbuild.encoder import BertConfig, build_encoder_graph, make_model
-from engine.modelbuild.evaluation import classification_report
-from engine.modelbuild.head import Head, train_head
-from engine.modelbuild.quantize import quantize_int8
 from engine.session import SessionConfig, open_session
 from engine.sources import sha256_file, weights_name
 from engine.tokenization import TextTokenizer
+from modelbuild import dataset, embedding, iris
+from modelbuild.encoder import BertConfig, build_encoder_graph, make_model
+from modelbuild.evaluation import classification_report
+from modelbuild.head import Head, train_head
+from modelbuild.quantize import quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +64,20 @@ VERSIONS = (
     VersionSpec("v2", "sentiment_v2", "int8", "MiniLM-L6 encoder + linear head, static int8 (batch-invariant)"),
 )
 # Tabular models, keyed "<model>/<version>" in the manifest's "tabular" section: key -> folder.
-IRIS_KEY = f"{tabular.MODEL_NAME}/{tabular.VERSION}"
-TABULAR = {IRIS_KEY: tabular.FOLDER}
+IRIS_KEY = f"{iris.MODEL_NAME}/{iris.VERSION}"
+TABULAR = {IRIS_KEY: iris.FOLDER}
+# Embedding models, keyed "<model>/<version>" in the manifest's "embedding" section: key -> folder.
+EMBEDDING_KEY = f"{embedding.MODEL_NAME}/{embedding.VERSION}"
+EMBEDDING = {EMBEDDING_KEY: embedding.FOLDER}
 
 
 def _manifest_entries() -> list[tuple[str, str, str]]:
     """(manifest section, key, folder) of every built model file the manifest vouches for."""
-    return [("versions", spec.version, spec.folder) for spec in VERSIONS] + [("tabular", k, f) for k, f in TABULAR.items()]
+    return (
+        [("versions", spec.version, spec.folder) for spec in VERSIONS]
+        + [("tabular", k, f) for k, f in TABULAR.items()]
+        + [("embedding", k, f) for k, f in EMBEDDING.items()]
+    )
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,8 @@ def locate_sources() -> Sources:
 def build_key(sources: Sources) -> str:
     """A digest of everything that determines the artefacts: inputs, build code, library versions."""
     digest = hashlib.sha256()
-    code = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "tokenization.py"]
+    # The build's own modules, and the runtime tokenizer whose saved file every text model ships.
+    code = sorted(Path(__file__).parent.glob("*.py")) + [Path(inspect.getfile(TextTokenizer))]
     for path in code:
         digest.update(path.name.encode() + path.read_bytes())
     for path in sources.hashed_files():
@@ -99,6 +111,14 @@ def build_key(sources: Sources) -> str:
     for name in _TRACKED_PACKAGES:
         digest.update(f"{name}=={package_version(name)}".encode())
     return digest.hexdigest()
+
+
+def load_encoder(sources: Sources) -> tuple[BertConfig, TextTokenizer, dict[str, np.ndarray]]:
+    """The encoder's config, its tokenizer (truncating at the encoder's max sequence length) and its weights."""
+    cfg = BertConfig.from_file(sources.encoder_dir / "config.json")
+    max_length = int(json.loads((sources.encoder_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
+    tokenizer = TextTokenizer.from_file(sources.encoder_dir / "tokenizer.json", max_length=max_length)
+    return cfg, tokenizer, load_file(str(sources.weights))
 
 
 def is_up_to_date(models_dir: Path, key: str) -> bool:
@@ -170,10 +190,10 @@ def _evaluate(
 
 
 def _sentiment_graph(weights: dict[str, np.ndarray], cfg: BertConfig, head: Head | None) -> onnx.ModelProto:
-    builder, _, embedding = build_encoder_graph(weights, cfg)
+    builder, _, pooled = build_encoder_graph(weights, cfg)
     if head is None:
-        return make_model(builder, [(embedding, "embeddings", ["batch", cfg.hidden_size])], "minilm_encoder")
-    logits = builder.linear(embedding, head.coef, head.intercept, "head")
+        return make_model(builder, [(pooled, embedding.OUTPUT_NAME, ["batch", cfg.hidden_size])], embedding.MODEL_NAME)
+    logits = builder.linear(pooled, head.coef, head.intercept, "head")
     probabilities = builder.op("Softmax", [logits], "probabilities", axis=-1)
     return make_model(builder, [(probabilities, "probabilities", ["batch", len(head.labels)])], MODEL_NAME)
 
@@ -205,6 +225,72 @@ def _write_card(folder: Path, spec: VersionSpec, card: dict[str, object]) -> Non
         "",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines))
+
+
+def write_embedding_model(folder: Path, weights: dict[str, np.ndarray], cfg: BertConfig, tokenizer: TextTokenizer) -> Path:
+    """Write the embedding model (graph, external weights, tokenizer) into ``folder`` (created); return its model path."""
+    folder.mkdir(parents=True)
+    model = folder / "model.onnx"
+    save_with_external_weights(_sentiment_graph(weights, cfg, None), model)
+    tokenizer.save(folder / "tokenizer.json")
+    return model
+
+
+def _describe(split: dataset.Split, max_length: int) -> dict[str, str]:
+    """The encoder, data source and split, worded once for every text model's card."""
+    test_movies = len({e.movie for e in split.test})
+    return {
+        "encoder": f"all-MiniLM-L6-v2 from {ENCODER_PACKAGE} {package_version(ENCODER_PACKAGE)} (weights Apache-2.0), "
+        f"mean pooling + L2 normalisation, max {max_length} tokens",
+        "data_source": f"Rotten Tomatoes snippets in {dataset.CORPUS_PACKAGE} {package_version(dataset.CORPUS_PACKAGE)} "
+        f"({dataset.CORPUS_FILE}, Apache-2.0): fresh -> positive, rotten -> negative, plot -> neutral; "
+        "exact duplicate texts dropped",
+        "split": f"by movie name (sha256 of the name, {dataset.TEST_FRACTION_PERCENT}% of movies held out): "
+        f"{len(split.train)} train texts, {len(split.test)} test texts from {test_movies} movies; no movie in both",
+    }
+
+
+def _embedding_card(
+    folder: Path,
+    described: dict[str, str],
+    split: dataset.Split,
+    train: np.ndarray,
+    test: np.ndarray,
+    labels: Sequence[str],
+    max_length: int,
+    cfg: BertConfig,
+) -> dict[str, object]:
+    """Evaluate the embedding model's rows of both splits (computed by its own file) and write its card."""
+    train_labels = [e.label for e in split.train]
+    test_labels = [e.label for e in split.test]
+    model = folder / "model.onnx"
+    card: dict[str, object] = {
+        "model": embedding.MODEL_NAME,
+        "version": embedding.VERSION,
+        "kind": embedding.KIND,
+        "description": "all-MiniLM-L6-v2 sentence embedding: the sentiment models' encoder without a head, fp32",
+        "encoder": f"all-MiniLM-L6-v2 from {ENCODER_PACKAGE} {package_version(ENCODER_PACKAGE)} (weights Apache-2.0)",
+        "pooling": "mean over the attention mask, then L2 normalisation (unit-length rows)",
+        "dimensions": cfg.hidden_size,
+        "max_tokens": max_length,
+        "inputs": [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in embedding.INPUT_NAMES],
+        "output": {"name": embedding.OUTPUT_NAME, "dtype": "float32", "shape": ["batch", cfg.hidden_size]},
+        "precision": "fp32",
+        "evaluation": {
+            "data_source": described["data_source"],
+            "split": described["split"],
+            "method": "each held-out text gets the label of the most cosine-similar class centroid, a centroid being "
+            "the normalised mean embedding of that label's train texts; nothing else is fitted",
+            "nearest_centroid": embedding.nearest_centroid(train, train_labels, test, test_labels, labels),
+            "cosine_similarity": embedding.class_cosines(test, test_labels, labels),
+        },
+        "sha256": sha256_file(model),
+        "weights_sha256": sha256_file(weights_file(model)),
+        "build_command": BUILD_COMMAND,
+        "libraries": ", ".join(f"{n} {package_version(n)}" for n in _TRACKED_PACKAGES),
+    }
+    embedding.write_card(folder, card)
+    return card
 
 
 def _install(staging: Path, models_dir: Path) -> None:
@@ -242,19 +328,22 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
     staging.mkdir()
 
     # The iris model first: it takes a second, and a missing skl2onnx fails before the long sentiment build.
-    iris_card = tabular.build_iris(staging / tabular.FOLDER, BUILD_COMMAND)
+    iris_card = iris.build_iris(staging / iris.FOLDER, BUILD_COMMAND)
     iris_evaluation = iris_card["evaluation"]
     assert isinstance(iris_evaluation, dict)
     logger.info("%s: held-out accuracy %.4f, sha256 %s", IRIS_KEY, iris_evaluation["accuracy"], iris_card["sha256"])
 
-    cfg = BertConfig.from_file(sources.encoder_dir / "config.json")
-    max_length = int(json.loads((sources.encoder_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
-    tokenizer = TextTokenizer.from_file(sources.encoder_dir / "tokenizer.json", max_length=max_length)
-    weights = load_file(str(sources.weights))
+    cfg, tokenizer, weights = load_encoder(sources)
+    max_length = tokenizer.max_length
     split = dataset.split_by_movie(dataset.load_corpus(sources.corpus))
 
-    encoder = open_session(_sentiment_graph(weights, cfg, None).SerializeToString(), SessionConfig(providers=("CPUExecutionProvider",)))
+    # The embedding model is the encoder the head is trained on: its file embeds the train split (for the head
+    # and the class centroids) and the held-out split (for its own card), each once.
+    embedding_dir = staging / embedding.FOLDER
+    write_embedding_model(embedding_dir, weights, cfg, tokenizer)
+    encoder = open_session(embedding_dir / "model.onnx", SessionConfig(providers=("CPUExecutionProvider",)))
     features = run_sorted(encoder, tokenizer, [e.text for e in split.train], "embedding train split", progress)
+    test_features = run_sorted(encoder, tokenizer, [e.text for e in split.test], "embedding held-out split", progress)
     del encoder
     head = train_head(features, np.array([e.label for e in split.train]), np.array([e.movie for e in split.train]))
     logger.info("head: C=%s, grouped-CV accuracy %.4f", head.regularisation_c, head.cv_accuracy)
@@ -275,17 +364,21 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
     single_file.unlink()
     save_with_external_weights(onnx.load(str(v2_dir / "model.onnx")), v2_dir / "model.onnx")
 
-    test_movies = len({e.movie for e in split.test})
+    described = _describe(split, max_length)
+    embedding_card = _embedding_card(embedding_dir, described, split, features, test_features, head.labels, max_length, cfg)
+    logger.info(
+        "%s: nearest-centroid held-out accuracy %.4f, sha256 %s",
+        EMBEDDING_KEY,
+        embedding_card["evaluation"]["nearest_centroid"]["accuracy"],  # type: ignore[index]
+        embedding_card["sha256"],
+    )
+
     common: dict[str, object] = {
         "model": MODEL_NAME,
         "labels": list(head.labels),
-        "encoder": f"all-MiniLM-L6-v2 from {ENCODER_PACKAGE} {package_version(ENCODER_PACKAGE)} (weights Apache-2.0), "
-        f"mean pooling + L2 normalisation, max {max_length} tokens",
-        "data_source": f"Rotten Tomatoes snippets in {dataset.CORPUS_PACKAGE} {package_version(dataset.CORPUS_PACKAGE)} "
-        f"({dataset.CORPUS_FILE}, Apache-2.0): fresh -> positive, rotten -> negative, plot -> neutral; "
-        "exact duplicate texts dropped",
-        "split": f"by movie name (sha256 of the name, {dataset.TEST_FRACTION_PERCENT}% of movies held out): "
-        f"{len(split.train)} train texts, {len(split.test)} test texts from {test_movies} movies; no movie in both",
+        "encoder": described["encoder"],
+        "data_source": described["data_source"],
+        "split": described["split"],
         "head": f"multinomial logistic regression, C={head.regularisation_c} chosen by {len(head.labels)}-class "
         f"grouped 4-fold CV on the train split (CV accuracy {head.cv_accuracy:.4f})",
         "build_command": BUILD_COMMAND,
@@ -319,7 +412,15 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
         }
         logger.info("%s: held-out accuracy %.4f, sha256 %s", spec.version, evaluation["accuracy"], sha)
 
-    manifest["tabular"] = {IRIS_KEY: {"folder": tabular.FOLDER, "sha256": iris_card["sha256"], "accuracy": iris_evaluation["accuracy"]}}
+    manifest["tabular"] = {IRIS_KEY: {"folder": iris.FOLDER, "sha256": iris_card["sha256"], "accuracy": iris_evaluation["accuracy"]}}
+    manifest["embedding"] = {
+        EMBEDDING_KEY: {
+            "folder": embedding.FOLDER,
+            "sha256": embedding_card["sha256"],
+            "weights_sha256": embedding_card["weights_sha256"],
+            "nearest_centroid_accuracy": embedding_card["evaluation"]["nearest_centroid"]["accuracy"],  # type: ignore[index]
+        }
+    }
 
     _install(staging, models_dir)
     shutil.rmtree(staging, ignore_errors=True)

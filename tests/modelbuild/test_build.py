@@ -1,4 +1,4 @@
-"""engine/modelbuild/build.py: the built models in models/, their manifest, cards and graphs."""
+"""modelbuild/build.py: the built models in models/, their manifest, cards and graphs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 import onnx
 import pytest
 
-from engine.modelbuild import dataset
-from engine.modelbuild.build import (
+from engine.sources import sha256_file
+from modelbuild import dataset
+from modelbuild.build import (
     BUILD_COMMAND,
     MANIFEST,
     MODEL_NAME,
@@ -21,7 +22,6 @@ from engine.modelbuild.build import (
     build_key,
     is_up_to_date,
     locate_sources,
-    sha256_file,
 )
 
 FILES = ("model.onnx", "model.onnx.data", "tokenizer.json", "labels.json", "model_card.json", "MODEL_CARD.md")
@@ -72,7 +72,7 @@ def test_tabular_models_are_iris_v1() -> None:
     assert TABULAR == {"iris/v1": "iris_v1"}
 
 
-@pytest.mark.parametrize("folder", ["sentiment_v2", "iris_v1"])
+@pytest.mark.parametrize("folder", ["sentiment_v2", "iris_v1", "embedding_v1"])
 def test_one_changed_byte_in_a_model_is_not_up_to_date(models_copy: Path, key: str, folder: str) -> None:
     model = models_copy / folder / "model.onnx"
     data = bytearray(model.read_bytes())
@@ -101,11 +101,17 @@ def test_missing_iris_model_is_not_up_to_date(models_copy: Path, key: str) -> No
     assert not is_up_to_date(models_copy, key)
 
 
-def test_a_manifest_without_the_iris_entry_is_not_up_to_date(models_copy: Path, key: str) -> None:
+@pytest.mark.parametrize(("section", "name"), [("tabular", "iris/v1"), ("embedding", "sentence_embedding/v1")])
+def test_a_manifest_without_a_model_entry_is_not_up_to_date(models_copy: Path, key: str, section: str, name: str) -> None:
     manifest_path = models_copy / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    del manifest["tabular"]["iris/v1"]
+    del manifest[section][name]
     manifest_path.write_text(json.dumps(manifest))
+    assert not is_up_to_date(models_copy, key)
+
+
+def test_missing_embedding_model_is_not_up_to_date(models_copy: Path, key: str) -> None:
+    (models_copy / "embedding_v1" / "model.onnx").unlink()
     assert not is_up_to_date(models_copy, key)
 
 
@@ -228,8 +234,9 @@ def test_weights_are_external_readable_and_in_the_manifest(models_dir: Path) -> 
         assert card["weights_sha256"] == sha256_file(weights)
 
 
-def test_a_changed_weights_file_is_not_up_to_date(models_copy: Path, key: str) -> None:
-    weights = models_copy / "sentiment_v1" / "model.onnx.data"
+@pytest.mark.parametrize("folder", ["sentiment_v1", "embedding_v1"])
+def test_a_changed_weights_file_is_not_up_to_date(models_copy: Path, key: str, folder: str) -> None:
+    weights = models_copy / folder / "model.onnx.data"
     data = bytearray(weights.read_bytes())
     data[1000] ^= 0xFF
     weights.write_bytes(bytes(data))
