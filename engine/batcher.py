@@ -1,9 +1,9 @@
 """Continuous batching: one worker thread per model version coalesces queued work.
 
 While a batch runs, new requests queue up; when the worker is free it takes everything
-waiting (up to ``max_batch`` texts) as the next batch. At low load a request runs at once,
+waiting (up to ``max_batch`` inputs) as the next batch. At low load a request runs at once,
 with no added wait; under load, batches grow by themselves. Results are batch-invariant, so
-a text's scores never depend on the requests it was batched with.
+an input's output never depends on the requests it was batched with.
 
 The worker is a thread, not an asyncio task, so the batcher works under any event loop
 (uvicorn, Mangum, a test's loop) and inference never runs on the loop.
@@ -38,7 +38,7 @@ class BatchResult:
 
 @dataclass
 class _Job:
-    texts: Sequence[Any]
+    inputs: Sequence[Any]
     future: Future[BatchResult]
 
 
@@ -47,7 +47,7 @@ ObserveFn = Callable[[int, float], None]
 
 
 class ContinuousBatcher:
-    """Runs ``run(texts) -> rows`` on a worker thread, merging submissions that queue up."""
+    """Runs ``run(inputs) -> rows`` on a worker thread, merging submissions that queue up."""
 
     def __init__(self, run: RunFn, *, max_batch: int, max_queued: int, name: str, observe: ObserveFn | None = None) -> None:
         self._run = run
@@ -65,18 +65,18 @@ class ContinuousBatcher:
     def max_batch(self) -> int:
         return self._max_batch
 
-    def submit(self, texts: Sequence[Any]) -> Future[BatchResult]:
-        """Queue at most ``max_batch`` texts; raises Overloaded when the queue is full."""
-        if not 0 < len(texts) <= self._max_batch:
-            raise ValueError(f"submit between 1 and {self._max_batch} texts, got {len(texts)}")
+    def submit(self, inputs: Sequence[Any]) -> Future[BatchResult]:
+        """Queue at most ``max_batch`` inputs; raises Overloaded when the queue is full."""
+        if not 0 < len(inputs) <= self._max_batch:
+            raise ValueError(f"submit between 1 and {self._max_batch} inputs, got {len(inputs)}")
         with self._lock:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            if self._queued + len(texts) > self._max_queued:
-                raise Overloaded(f"{self._queued} texts already queued for this model; retry shortly")
-            self._queued += len(texts)
+            if self._queued + len(inputs) > self._max_queued:
+                raise Overloaded(f"{self._queued} inputs already queued for this model version (MAX_QUEUED_INPUTS); retry shortly")
+            self._queued += len(inputs)
             # Queued under the lock, so a concurrent close() cannot put its sentinel ahead of it.
-            job = _Job(texts, Future())
+            job = _Job(inputs, Future())
             self._queue.put(job)
         return job.future
 
@@ -87,7 +87,7 @@ class ContinuousBatcher:
         self._thread.join(timeout=30)
 
     def _take_batch(self, first: _Job, carry: list[_Job]) -> tuple[list[_Job], bool]:
-        jobs, size, stop = [first], len(first.texts), False
+        jobs, size, stop = [first], len(first.inputs), False
         while size < self._max_batch:
             try:
                 job = self._queue.get_nowait()
@@ -96,11 +96,11 @@ class ContinuousBatcher:
             if job is None:
                 stop = True
                 break
-            if size + len(job.texts) > self._max_batch:
+            if size + len(job.inputs) > self._max_batch:
                 carry.append(job)
                 break
             jobs.append(job)
-            size += len(job.texts)
+            size += len(job.inputs)
         return jobs, stop
 
     def _work(self) -> None:
@@ -116,28 +116,28 @@ class ContinuousBatcher:
 
     def _execute(self, jobs: list[_Job]) -> None:
         with self._lock:
-            self._queued -= sum(len(job.texts) for job in jobs)
-        # A caller that gave up (e.g. its client disconnected) cancelled its future: skip its texts.
+            self._queued -= sum(len(job.inputs) for job in jobs)
+        # A caller that gave up (e.g. its client disconnected) cancelled its future: skip its inputs.
         jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
         if not jobs:
             return
-        texts = [t for job in jobs for t in job.texts]
+        inputs = [item for job in jobs for item in job.inputs]
         started = time.perf_counter()
         try:
-            outputs = self._run(texts)
+            outputs = self._run(inputs)
         except Exception as exc:  # handed to every waiting caller, who maps it
-            logger.exception("batch of %d texts failed", len(texts))
+            logger.exception("batch of %d inputs failed", len(inputs))
             for job in jobs:
                 job.future.set_exception(exc)
             return
         run_ms = (time.perf_counter() - started) * 1000.0
         if self._observe is not None:
             try:
-                self._observe(len(texts), run_ms)
+                self._observe(len(inputs), run_ms)
             except Exception:  # a metrics failure must not kill the worker
                 logger.exception("batch observer failed")
         offset = 0
         for job in jobs:
-            rows = outputs[offset : offset + len(job.texts)]
-            offset += len(job.texts)
-            job.future.set_result(BatchResult(outputs=rows, run_ms=run_ms, batch_size=len(texts)))
+            rows = outputs[offset : offset + len(job.inputs)]
+            offset += len(job.inputs)
+            job.future.set_result(BatchResult(outputs=rows, run_ms=run_ms, batch_size=len(inputs)))

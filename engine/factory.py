@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from prometheus_client import CollectorRegistry
 
 from engine.cache import CacheConfig, build_cache
 from engine.cache.predictor import CachingPredictor
 from engine.facade import InferenceEngine
+from engine.lifecycle import ModelManager
+from engine.loader import ModelLoader
 from engine.metrics import Metrics
 from engine.predictor import BatchedPredictor, Predictor
-from engine.registry import Registry, load_registry
-from engine.repository import Key, ModelRepository, ModelVersion
+from engine.registry import load_registry
 from engine.session import SessionConfig
 from engine.settings import Settings
 
@@ -33,33 +32,26 @@ def cache_config(settings: Settings) -> CacheConfig:
     )
 
 
+def build_predictor(settings: Settings, metrics: Metrics) -> Predictor:
+    """Batching, with the result cache in front of it unless CACHE_BACKEND=none."""
+    predictor: Predictor = BatchedPredictor(metrics, max_batch=settings.batch_size, max_queued=settings.max_queued_inputs)
+    if settings.cache_backend == "none":
+        return predictor
+    config = cache_config(settings)
+    return CachingPredictor(
+        predictor,
+        lambda: build_cache(config, on_error=lambda operation: metrics.cache_errors.labels(operation).inc()),
+        metrics,
+        ttl_s=settings.redis_cache_ttl,
+        backend=settings.cache_backend,
+    )
+
+
 def build_engine(settings: Settings, registry: CollectorRegistry | None = None) -> InferenceEngine:
     """Validate the registry and wire the engine; models load on ``load()`` / ``start()``."""
     metrics = Metrics(registry)
-    caching = settings.cache_backend != "none"
+    predictor = build_predictor(settings, metrics)
     session_config = SessionConfig(intra_op_threads=settings.intra_op_threads, providers=settings.provider_list())
-
-    def make_repository(model_registry: Registry, reuse: Mapping[Key, ModelVersion] | None) -> ModelRepository:
-        return ModelRepository(
-            model_registry,
-            session_config,
-            metrics,
-            max_batch=settings.batch_size,
-            max_queued=settings.max_queued_texts,
-            capacity=settings.model_cache_size,
-            cache_dir=settings.model_cache_dir,
-            reuse=reuse,
-            digests=caching,
-        )
-
-    config = cache_config(settings)
-    predictor: Predictor = BatchedPredictor()
-    if caching:
-        predictor = CachingPredictor(
-            predictor,
-            lambda: build_cache(config, on_error=lambda operation: metrics.cache_errors.labels(operation).inc()),
-            metrics,
-            ttl_s=settings.redis_cache_ttl,
-            backend=settings.cache_backend,
-        )
-    return InferenceEngine(settings, load_registry(settings.model_registry_path), make_repository, metrics, predictor)
+    loader = ModelLoader(session_config, settings.model_cache_dir)
+    models = ModelManager(load_registry(settings.model_registry_path), loader, predictor, metrics, capacity=settings.model_cache_size)
+    return InferenceEngine(settings, models, predictor, metrics)

@@ -16,7 +16,7 @@ class Metrics:
         self.requests = Counter(
             "inference_requests", "Prediction requests by outcome.", ["model", "model_version", "outcome"], registry=self.registry
         )
-        self.texts = Counter("inference_texts", "Texts predicted.", ["model", "model_version"], registry=self.registry)
+        self.inputs = Counter("inference_inputs", "Inputs predicted (texts, rows).", ["model", "model_version"], registry=self.registry)
         self.latency = Histogram(
             "inference_latency_ms",
             "End-to-end prediction latency per request, in milliseconds.",
@@ -26,7 +26,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "inference_batch_size",
-            "Texts per runtime batch.",
+            "Inputs per runtime batch.",
             ["model", "model_version"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,
@@ -45,7 +45,7 @@ class Metrics:
             ["model", "model_version"],
             registry=self.registry,
         )
-        self.errors = Counter("inference_errors", "Failed requests by error code.", ["code"], registry=self.registry)
+        self.errors = Counter("inference_errors", "Failed prediction requests by error code.", ["code"], registry=self.registry)
         self.model_loads = Counter(
             "model_loads", "Model version loads by outcome.", ["model", "model_version", "outcome"], registry=self.registry
         )

@@ -1,31 +1,52 @@
-"""The step between the facade and the runtime: inputs in, per-input scores out.
+"""The predictor chain: the step between the facade and the runtime, inputs in, one output row each.
 
-The facade calls a ``Predictor``; layers such as a result cache wrap one ``Predictor`` in
-another without the edges or the facade changing.
+The facade calls one ``Predictor``; a layer such as the result cache wraps another without the
+edges or the facade changing. The lifecycle tells the chain when a version is loaded
+(``attach``) and unloaded (``detach``), so each layer keeps its own per-version state: the
+batching layer a batcher, the cache layer a digest of the version's files.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from engine.batcher import BatchResult
+from engine.batcher import BatchResult, ContinuousBatcher
 from engine.errors import InferenceFailed, ModelNotReady
-from engine.repository import ModelVersion
+from engine.loader import LoadedModel
+from engine.metrics import Metrics
+from engine.results import Output
+from engine.schemas import CacheHealth
 
 
-@dataclass(frozen=True)
-class Output:
-    scores: dict[str, float]
-    latency_ms: float
-    cached: bool = False
+class ModelHooks(Protocol):
+    """What the lifecycle calls as versions come and go. Both are blocking and called off the event loop."""
+
+    def attach(self, model: LoadedModel) -> None:
+        """A version is loaded and warm; it takes traffic once this returns."""
+        ...
+
+    def detach(self, model: LoadedModel) -> None:
+        """A version is being unloaded: work already queued for it finishes first."""
+        ...
 
 
-class Predictor(Protocol):
-    async def predict(self, version: ModelVersion, inputs: Sequence[Any]) -> list[Output]:
-        """Scores for each input, in input order, from the given (leased, READY) version."""
+class Predictor(ModelHooks, Protocol):
+    async def predict(self, model: LoadedModel, inputs: Sequence[Any]) -> list[Output]:
+        """One output per input, in input order, from a leased, attached version."""
+        ...
+
+    def health(self) -> CacheHealth:
+        """The chain's result cache, as /health shows it (``none`` when it has no cache)."""
+        ...
+
+    async def invalidate(self, model: str | None, version: str | None) -> int:
+        """Forget cached results of a model (and version), or of everything; how many were removed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what belongs to the running event loop (e.g. cache connections)."""
         ...
 
 
@@ -34,17 +55,48 @@ def _size(item: Any) -> int:
 
 
 class BatchedPredictor:
-    """Splits a request into runtime batches and submits them to the version's batcher.
+    """The chain's last layer: one continuous batcher per loaded version.
 
-    Texts are grouped by length first, so each batch pads little; results return in input order.
+    A request is split into runtime batches of at most ``max_batch`` inputs, grouped by length
+    first so each batch pads little; results return in input order.
     """
 
-    async def predict(self, version: ModelVersion, inputs: Sequence[Any]) -> list[Output]:
-        batcher = version.batcher
+    def __init__(self, metrics: Metrics, *, max_batch: int, max_queued: int) -> None:
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._max_queued = max_queued
+        self._batchers: dict[LoadedModel, ContinuousBatcher] = {}
+
+    def attach(self, model: LoadedModel) -> None:
+        self._batchers[model] = ContinuousBatcher(
+            model.runtime.run,
+            max_batch=self._max_batch,
+            max_queued=self._max_queued,
+            name=f"{model.name}-{model.version}",
+            observe=self._observer(model),
+        )
+
+    def detach(self, model: LoadedModel) -> None:
+        batcher = self._batchers.pop(model, None)
+        if batcher is not None:
+            batcher.close()
+
+    def _observer(self, model: LoadedModel) -> Callable[[int, float], None]:
+        size_metric = self._metrics.batch_size.labels(model.name, model.version)
+        latency_metric = self._metrics.batch_latency.labels(model.name, model.version)
+
+        def observe(size: int, run_ms: float) -> None:
+            size_metric.observe(size)
+            latency_metric.observe(run_ms)
+
+        return observe
+
+    async def predict(self, model: LoadedModel, inputs: Sequence[Any]) -> list[Output]:
+        batcher = self._batchers.get(model)
         if batcher is None:
-            raise ModelNotReady(f"model {version.name!r} version {version.version!r} is not loaded")
+            raise ModelNotReady(f"model {model.name!r} version {model.version!r} is not loaded")
         order = sorted(range(len(inputs)), key=lambda i: _size(inputs[i]))
-        chunks = [order[i : i + batcher.max_batch] for i in range(0, len(order), batcher.max_batch)]
+        chunks = [order[i : i + self._max_batch] for i in range(0, len(order), self._max_batch)]
         submitted = []
         try:
             for chunk in chunks:
@@ -59,11 +111,19 @@ class BatchedPredictor:
         except Exception as exc:
             for pending in waiting:
                 pending.cancel()
-            raise InferenceFailed(f"inference failed for model {version.name!r} version {version.version!r}: {exc}") from exc
-        labels = version.labels
+            raise InferenceFailed(f"inference failed for model {model.name!r} version {model.version!r}: {exc}") from exc
         outputs: dict[int, Output] = {}
         for chunk, result in zip(chunks, results, strict=True):
             latency_ms = round(result.run_ms, 3)
             for index, row in zip(chunk, result.outputs, strict=True):
-                outputs[index] = Output(scores=dict(zip(labels, map(float, row), strict=True)), latency_ms=latency_ms)
+                outputs[index] = Output(row=row, latency_ms=latency_ms)
         return [outputs[i] for i in range(len(inputs))]
+
+    def health(self) -> CacheHealth:
+        return CacheHealth(backend="none", state="ok")
+
+    async def invalidate(self, model: str | None, version: str | None) -> int:
+        return 0
+
+    async def aclose(self) -> None:
+        return None

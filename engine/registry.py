@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.kinds import ModelKindName
+from engine.kinds import DEFAULT_KIND, kind_named
 
 VersionStatus = Literal["active", "candidate", "retired"]
 StrategyType = Literal["pinned", "canary", "ab_test", "shadow"]
@@ -30,9 +30,6 @@ class VersionSpec(_Strict):
     description: str = ""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Expected sha256 of the model file.")
     tokenizer: str | None = Field(None, description="tokenizer.json location; default: beside the model file.")
-
-    def is_location_remote(self) -> bool:
-        return self.path.startswith("s3://")
 
 
 class RolloutStrategy(_Strict):
@@ -62,19 +59,25 @@ class RolloutStrategy(_Strict):
 
 
 class ModelLimits(_Strict):
-    """Per-model limits that override the service-wide settings."""
+    """Per-model limits that override the service-wide settings (MAX_TEXTS_PER_REQUEST, MAX_TEXT_CHARS)."""
 
     max_inputs_per_request: int | None = Field(None, ge=1)
     max_text_chars: int | None = Field(None, ge=1)
 
 
 class ModelSpec(_Strict):
-    kind: ModelKindName = "text_classification"
+    kind: str = Field(DEFAULT_KIND, description="The model kind: a name in engine.kinds.KINDS.")
     default_version: str
     versions: dict[str, VersionSpec] = Field(min_length=1)
     rollout_strategy: RolloutStrategy = RolloutStrategy()
     labels: list[str] | None = Field(None, min_length=2, description="Output labels; default: labels.json beside the model.")
     limits: ModelLimits = ModelLimits()
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        kind_named(value)
+        return value
 
     @model_validator(mode="after")
     def _versions_exist(self) -> ModelSpec:
@@ -92,8 +95,7 @@ class ModelSpec(_Strict):
                 raise ValueError("rollout_strategy.target_version must differ from default_version")
         for version in rollout.weights or {}:
             servable("rollout_strategy.weights", version)
-        if self.kind == "tabular" and any(v.tokenizer for v in self.versions.values()):
-            raise ValueError("a tabular model takes no tokenizer")
+        kind_named(self.kind).check_spec(self)
         return self
 
     def rollout_versions(self) -> list[str]:
@@ -107,7 +109,6 @@ class ModelSpec(_Strict):
 class Registry(_Strict):
     models: dict[str, ModelSpec] = Field(min_length=1)
     base_dir: Path = Path(".")
-    source_path: Path | None = None
 
     def resolve_path(self, location: str) -> str:
         """Local paths are relative to the registry file's folder; ``s3://`` locations are kept."""
@@ -129,7 +130,7 @@ def load_registry(path: Path) -> Registry:
     if not isinstance(raw, dict):
         raise RegistryError(f"{path}: expected a mapping with a 'models' key")
     try:
-        return Registry.model_validate({**raw, "base_dir": path.resolve().parent, "source_path": path.resolve()})
+        return Registry.model_validate({**raw, "base_dir": path.resolve().parent})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
         raise RegistryError(f"{path}: invalid registry: {problems}") from exc

@@ -1,55 +1,68 @@
-"""Request and response shapes of the engine facade, shared by every edge (HTTP, Lambda, SQS)."""
+"""Request and response shapes of the engine facade, shared by every edge (HTTP, Lambda, SQS).
+
+The input fields of a request and the result shapes of a response come from the model kinds
+(``engine.kinds.KINDS``), so a new kind needs no change here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model, model_validator
+
+from engine.kinds import KINDS, request_fields
+from engine.results import InputResult
 
 _PREDICT_EXAMPLES: list[JsonValue] = [
     {"id": "req-001", "texts": ["I love this product! Amazing quality.", "This is terrible"], "model_version": "v1"},
     {"id": "req-002", "model": "iris", "instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+    {"id": "req-003", "model": "sentence_embedding", "texts": ["A sentence to embed."]},
 ]
 
 
-class PredictRequest(BaseModel):
-    """A prediction request: texts (text models) or instances (tabular models), run as one batch."""
-
+class _PredictRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": _PREDICT_EXAMPLES})
 
     id: str | None = Field(None, max_length=256, description="Request id echoed as request_id; generated when absent.")
-    texts: list[str] | None = Field(
-        None, min_length=1, description="Texts for a text model (limits: MAX_TEXTS_PER_REQUEST, MAX_TEXT_CHARS)."
-    )
-    instances: list[list[Any]] | None = Field(None, min_length=1, description="Feature rows for a tabular model.")
     model: str | None = Field(None, max_length=128, description="Model name; the registry's first model when absent.")
     model_version: str | None = Field(None, max_length=128, description="Pin a version, bypassing rollout.")
 
     @model_validator(mode="after")
-    def _one_input_kind(self) -> PredictRequest:
-        if (self.texts is None) == (self.instances is None):
-            raise ValueError("give exactly one of 'texts' (text models) or 'instances' (tabular models)")
+    def _one_input_field(self) -> _PredictRequestBase:
+        given = [name for name in INPUT_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            described = " or ".join(
+                f"'{name}' ({', '.join(k.name for k in KINDS.values() if k.request_field == name)} models)" for name in INPUT_FIELDS
+            )
+            raise ValueError(f"give exactly one of {described}")
         return self
 
     @property
+    def input_field(self) -> str:
+        """The field that carries this request's inputs."""
+        return next(name for name in INPUT_FIELDS if getattr(self, name) is not None)
+
+    @property
     def inputs(self) -> list[Any]:
-        return list(self.texts if self.texts is not None else self.instances or [])
+        return list(getattr(self, self.input_field))
 
 
-class TextResult(BaseModel):
-    text: str
-    prediction: str = Field(description="The label with the highest score.")
-    scores: dict[str, float] = Field(description="Probability of each label; they sum to 1.")
-    latency_ms: float = Field(description="Runtime time of the batch that computed this input (lookup time when cached).")
-    cached: bool = Field(False, description="True when the result came from the result cache.")
-
-
-class InstanceResult(BaseModel):
-    instance: list[Any]
-    prediction: str = Field(description="The label with the highest score.")
-    scores: dict[str, float] = Field(description="Probability of each label; they sum to 1.")
-    latency_ms: float = Field(description="Runtime time of the batch that computed this input (lookup time when cached).")
-    cached: bool = Field(False, description="True when the result came from the result cache.")
+# One optional input field per kind's request_field: a new kind's field appears here by itself.
+INPUT_FIELDS = request_fields()
+if TYPE_CHECKING:
+    PredictRequest = _PredictRequestBase
+    KindResult = InputResult
+else:
+    PredictRequest = create_model(
+        "PredictRequest",
+        __base__=_PredictRequestBase,
+        __doc__="A prediction request: the inputs of one model kind (texts, instances), run as one batch.",
+        **{
+            name: (kind.request_schema | None, Field(None, min_length=1, description=kind.request_description))
+            for name, kind in INPUT_FIELDS.items()
+        },
+    )
+    KindResult = Union[tuple(kind.result_type for kind in KINDS.values())]  # noqa: UP007
 
 
 class CacheHealth(BaseModel):
@@ -69,7 +82,7 @@ class PredictResponse(BaseModel):
     model: str
     model_version: str
     rollout: RolloutInfo
-    results: list[TextResult | InstanceResult]
+    results: list[KindResult] = Field(description="One result per input, in input order; its shape is the model kind's.")
     latency_ms: float = Field(description="Time the engine spent on the whole request.")
 
 
@@ -97,7 +110,7 @@ class ReloadReport(BaseModel):
 class HealthReport(BaseModel):
     status: str = Field(description="active, degraded (some version failed), loading, or unavailable (a default version failed).")
     ready: bool = Field(description="True once every default version is loaded and warmed.")
-    active_models: list[str] = Field(description="Loaded, ready versions as model:version (the seed listed bare versions).")
+    active_models: list[str] = Field(description="Loaded, ready versions as model:version.")
     providers: list[str] = Field(description="ONNX Runtime execution providers in use.")
     models: list[ModelHealth]
     last_reload: ReloadReport | None = Field(None, description="The last registry reload, if any.")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -59,10 +59,20 @@ class Settings(BaseSettings):
     )
     shadow_timeout_ms: int = Field(2000, ge=1, description="Time budget of one shadow run.")
     batch_size: int = Field(32, ge=1, description="Largest batch sent to the runtime at once.")
-    max_texts_per_request: int = Field(256, ge=1, description="More texts in one request gives 413.")
+    max_inputs_per_request: int = Field(
+        256,
+        ge=1,
+        validation_alias=AliasChoices("max_texts_per_request", "max_inputs_per_request"),
+        description="More inputs (texts, rows) in one request gives 413. Variable: MAX_TEXTS_PER_REQUEST (or MAX_INPUTS_PER_REQUEST).",
+    )
     max_text_chars: int = Field(10_000, ge=1, description="A longer text gives 413.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="A larger request body gives 413.")
-    max_queued_texts: int = Field(4096, ge=1, description="Texts waiting per model version before requests get 503.")
+    max_queued_inputs: int = Field(
+        4096,
+        ge=1,
+        validation_alias=AliasChoices("max_queued_inputs", "max_queued_texts"),
+        description="Inputs waiting per model version before requests get 503. Variable: MAX_QUEUED_INPUTS (or MAX_QUEUED_TEXTS).",
+    )
     intra_op_threads: int = Field(0, ge=0, description="Runtime threads per session; 0 sizes them from the CPUs available.")
     execution_providers: str = Field("auto", description="Comma-separated ONNX Runtime providers; `auto` uses CUDA when present, else CPU.")
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from engine.metrics import Metrics
-from engine.predictor import Output
+from engine.results import Output
 
 logger = logging.getLogger(__name__)
 
 ShadowRun = Callable[[], Awaitable[list[Output]]]
-
-
-def top_label(scores: Mapping[str, float]) -> str:
-    return max(scores, key=scores.__getitem__)
 
 
 @dataclass(frozen=True)
@@ -31,8 +29,12 @@ class ShadowJob:
     model: str
     primary: str
     shadow: str
-    predictions: Sequence[str]
-    run: ShadowRun  # computes the shadow's outputs for the request's inputs
+    rows: Sequence[np.ndarray]
+    """The primary's output row for each input."""
+    agrees: Callable[[np.ndarray, np.ndarray], bool]
+    """The model kind's test of whether a shadow row says the same as the primary's."""
+    run: ShadowRun
+    """Computes the shadow's outputs for the request's inputs."""
 
 
 class ShadowRunner:
@@ -52,7 +54,7 @@ class ShadowRunner:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: ShadowJob) -> None:
-        """Run the shadow and record agreement with the primary's top labels. Never raises."""
+        """Run the shadow and record its agreement with the primary (as the kind defines it). Never raises."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_ms / 1000.0):
@@ -65,16 +67,16 @@ class ShadowRunner:
             self._metrics.shadow_failures.labels(job.model, job.shadow, "error").inc()
             logger.warning("shadow model=%s version=%s failed: %s: %s", job.model, job.shadow, type(exc).__name__, exc)
             return
-        agree = sum(top_label(out.scores) == label for out, label in zip(outputs, job.predictions, strict=True))
+        agree = sum(job.agrees(row, out.row) for row, out in zip(job.rows, outputs, strict=True))
         self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "agree").inc(agree)
-        self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "disagree").inc(len(job.predictions) - agree)
+        self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "disagree").inc(len(job.rows) - agree)
         logger.info(
             "shadow model=%s primary=%s shadow=%s agreement=%d/%d latency_ms=%.1f",
             job.model,
             job.primary,
             job.shadow,
             agree,
-            len(job.predictions),
+            len(job.rows),
             (time.perf_counter() - started) * 1000.0,
         )
 

@@ -21,6 +21,7 @@ from engine.facade import InferenceEngine
 from engine.factory import build_engine
 from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse, ReloadReport
 from engine.settings import Settings
+from handlers.auth import Authenticator
 from handlers.body import RequestBodyMiddleware
 from handlers.errors import error_response, install_error_handlers
 
@@ -67,7 +68,7 @@ def _stop_reload_on_sighup() -> None:
 _TOKEN_HEADER = APIKeyHeader(name="X-Token", auto_error=False)
 
 
-def _token_checked_route(engine: InferenceEngine) -> type[APIRoute]:
+def _token_checked_route(auth: Authenticator) -> type[APIRoute]:
     """A route class that checks X-Token before FastAPI reads the body, so that an
     unauthenticated caller gets 401 whatever it sent, never a 422 about its body."""
 
@@ -76,7 +77,7 @@ def _token_checked_route(engine: InferenceEngine) -> type[APIRoute]:
             handler = super().get_route_handler()
 
             async def checked(request: Request) -> Response:
-                engine.authenticate(request.headers.get("x-token"))
+                auth.check(request.headers.get("x-token"))
                 return await handler(request)
 
             return checked
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     the Lambda edge passes an engine it already loaded and turns the lifespan off."""
     settings = settings if settings is not None else Settings()
     engine = engine if engine is not None else build_engine(settings)
+    auth = Authenticator(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,7 +115,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes)
 
     api = settings.api_v1_str
-    protected = APIRouter(route_class=_token_checked_route(engine), dependencies=[Security(_TOKEN_HEADER)])
+    protected = APIRouter(route_class=_token_checked_route(auth), dependencies=[Security(_TOKEN_HEADER)])
 
     @protected.post(
         f"{api}/predict",
@@ -137,7 +139,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         tags=["operations"],
     )
     async def reload(request: Request) -> ReloadReport:
-        engine.authenticate_admin(request.headers.get("x-admin-token"))
+        auth.check_admin(request.headers.get("x-admin-token"))
         return await asyncio.to_thread(engine.reload_or_raise)
 
     @app.delete(
@@ -148,7 +150,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         tags=["operations"],
     )
     async def invalidate_cache(request: Request, model: str | None = None, version: str | None = None) -> CacheInvalidation:
-        engine.authenticate_admin(request.headers.get("x-admin-token"))
+        auth.check_admin(request.headers.get("x-admin-token"))
         return CacheInvalidation(deleted=await engine.invalidate_cache(model, version))
 
     @app.get(f"{api}/models", response_model=ModelsReport, summary="List models and versions", tags=["models"])

@@ -1,37 +1,29 @@
-"""The cached value: a model's labels and scores for one text, as compact versioned JSON.
+"""The cached value: one input's output row (label scores, an embedding), as versioned float32.
 
-``{"v":1,"s":{"negative":0.02,"positive":0.98}}``. A reader that meets another version, or bytes
-that are not this shape at all, treats the entry as a miss, so a format change never misreads old
-entries and a corrupted store never fails a request.
+One version byte, then the row as little-endian float32: exactly the values the runtime
+computed, 4 bytes a number. A reader that meets another version (such as the JSON entries of
+format 1), a length that is not whole numbers, or a value that is not finite treats the entry
+as a miss, so a format change never misreads old entries and a corrupted store never fails a
+request.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+import numpy as np
 
-FORMAT_VERSION = 1
-
-
-def encode_result(labels_scores: Mapping[str, float]) -> bytes:
-    payload = {"v": FORMAT_VERSION, "s": {str(label): float(score) for label, score in labels_scores.items()}}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+FORMAT_VERSION = 2
+_DTYPE = np.dtype("<f4")
 
 
-def decode_result(data: bytes) -> dict[str, float] | None:
-    """The labels and scores in ``data``, or ``None`` when it is not a version-1 entry."""
-    try:
-        payload = json.loads(data)
-    except (ValueError, TypeError, RecursionError):  # bad UTF-8 or JSON, a non-bytes value, absurd nesting
+def encode_result(row: np.ndarray) -> bytes:
+    return bytes([FORMAT_VERSION]) + np.ascontiguousarray(row, dtype=_DTYPE).tobytes()
+
+
+def decode_result(data: bytes) -> np.ndarray | None:
+    """The row in ``data``, or ``None`` when it is not a well-formed entry of this format."""
+    if not isinstance(data, bytes | bytearray) or len(data) < 1 + _DTYPE.itemsize or data[0] != FORMAT_VERSION:
         return None
-    if not isinstance(payload, dict) or payload.get("v") != FORMAT_VERSION:
+    if (len(data) - 1) % _DTYPE.itemsize:
         return None
-    scores = payload.get("s")
-    if not isinstance(scores, dict):
-        return None
-    result: dict[str, float] = {}
-    for label, score in scores.items():
-        if isinstance(score, bool) or not isinstance(score, int | float):
-            return None
-        result[label] = float(score)
-    return result
+    row = np.frombuffer(data, dtype=_DTYPE, offset=1).astype(np.float32)
+    return row if bool(np.isfinite(row).all()) else None

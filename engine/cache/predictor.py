@@ -3,7 +3,9 @@
 A request with N inputs looks all N up in one round trip; the misses run as one batch; their
 results are written back in one round trip. Concurrent identical misses (same model, version,
 file digest and input) run once: later requests wait for the first one's result. The key
-holds the version that rollout chose, so the cache never bypasses rollout.
+holds the version that rollout chose, so the cache never bypasses rollout, and a digest of the
+version's files, computed here when the version is attached, so a replaced file never serves
+stale results.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from typing import Any
 
 from engine.cache.base import CacheBackend
 from engine.cache.codec import decode_result, encode_result
-from engine.cache.keys import cache_key
+from engine.cache.keys import cache_key, content_digest, key_prefix
+from engine.loader import LoadedModel
 from engine.metrics import Metrics
-from engine.predictor import Output, Predictor
-from engine.repository import ModelVersion
+from engine.predictor import Predictor
+from engine.results import Output
+from engine.schemas import CacheHealth
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,16 @@ class CachingPredictor:
         self.backend = backend
         self._loop_bound = backend in ("redis", "tiered")
         self._state: _LoopState | None = None
+        self._digests: dict[LoadedModel, str] = {}
+
+    def attach(self, model: LoadedModel) -> None:
+        # Replacing any file of the version changes its keys: no flush needed.
+        self._digests[model] = content_digest(model.files)
+        self._inner.attach(model)
+
+    def detach(self, model: LoadedModel) -> None:
+        self._digests.pop(model, None)
+        self._inner.detach(model)
 
     def _current(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -62,16 +76,19 @@ class CachingPredictor:
             self._state = _LoopState(loop=loop, cache=cache)
         return self._state
 
-    @property
-    def state(self) -> str:
-        return self._state.cache.state if self._state is not None else "ok"
+    def health(self) -> CacheHealth:
+        state = self._state.cache.state if self._state is not None else "ok"
+        self._metrics.cache_state.set({"ok": 0, "degraded": 1, "open": 2}.get(state, 2))
+        return CacheHealth(backend=self.backend, state=state)
 
-    async def predict(self, version: ModelVersion, inputs: Sequence[Any]) -> list[Output]:
-        if version.digest is None:  # no content digest, no safe key
+    async def predict(self, version: LoadedModel, inputs: Sequence[Any]) -> list[Output]:
+        digest = self._digests.get(version)
+        if digest is None:  # no content digest, no safe key
             return await self._inner.predict(version, inputs)
         state = self._current()
         labels = (version.name, version.version)
-        keys = [cache_key(version.name, version.version, version.digest, input_text(item)) for item in inputs]
+        width = (version.runtime.width,)
+        keys = [cache_key(version.name, version.version, digest, input_text(item)) for item in inputs]
         started = time.perf_counter()
         hits = await state.cache.get_many_with_tier(keys)
         lookup_ms = round((time.perf_counter() - started) * 1000.0, 3)
@@ -79,9 +96,9 @@ class CachingPredictor:
         leader: dict[str, list[int]] = {}  # keys this request computes, with every index that wants them
         follower: dict[str, list[int]] = {}  # keys another request is computing right now
         for index, (key, hit) in enumerate(zip(keys, hits, strict=True)):
-            scores = decode_result(hit.value) if hit is not None else None
-            if scores is not None and hit is not None and set(scores) == set(version.labels):
-                outputs[index] = Output(scores=scores, latency_ms=lookup_ms, cached=True)
+            row = decode_result(hit.value) if hit is not None else None
+            if row is not None and hit is not None and row.shape == width:
+                outputs[index] = Output(row=row, latency_ms=lookup_ms, cached=True)
                 self._metrics.cache_hits.labels(*labels, hit.tier).inc()
                 continue
             self._metrics.cache_misses.labels(*labels).inc()
@@ -101,7 +118,7 @@ class CachingPredictor:
         return [outputs[i] for i in range(len(inputs))]
 
     async def _compute(
-        self, state: _LoopState, version: ModelVersion, inputs: Sequence[Any], leader: dict[str, list[int]], outputs: dict[int, Output]
+        self, state: _LoopState, version: LoadedModel, inputs: Sequence[Any], leader: dict[str, list[int]], outputs: dict[int, Output]
     ) -> None:
         try:
             results = await self._inner.predict(version, [inputs[indexes[0]] for indexes in leader.values()])
@@ -115,9 +132,9 @@ class CachingPredictor:
             state.inflight.pop(key).set_result(result)
             for index in indexes:
                 outputs[index] = result
-        await state.cache.set_many({key: encode_result(r.scores) for key, r in zip(leader, results, strict=True)}, self._ttl_s)
+        await state.cache.set_many({key: encode_result(r.row) for key, r in zip(leader, results, strict=True)}, self._ttl_s)
 
-    async def _follow(self, state: _LoopState, version: ModelVersion, inputs: Sequence[Any], key: str, index: int) -> Output:
+    async def _follow(self, state: _LoopState, version: LoadedModel, inputs: Sequence[Any], key: str, index: int) -> Output:
         """Wait for the request computing this input; if it failed, compute it here."""
         future = state.inflight.get(key)
         if future is not None:
@@ -128,8 +145,8 @@ class CachingPredictor:
                 logger.debug("coalesced computation failed; computing again")
         return (await self._inner.predict(version, [inputs[index]]))[0]
 
-    async def invalidate(self, prefix: str) -> int:
-        return await self._current().cache.delete_prefix(prefix)
+    async def invalidate(self, model: str | None, version: str | None) -> int:
+        return await self._current().cache.delete_prefix(key_prefix(model, version) if model is not None else "")
 
     async def aclose(self) -> None:
         if self._state is not None and self._state.loop is asyncio.get_running_loop():

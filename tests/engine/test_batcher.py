@@ -16,8 +16,9 @@ import pytest
 
 from engine.batcher import BatchResult, ContinuousBatcher, RunFn
 from engine.errors import EngineError, Overloaded
+from engine.kinds import ModelFiles
+from engine.kinds.text_classification import TextClassifier
 from engine.session import SessionConfig
-from engine.text_classifier import TextClassifier
 from tests.conftest import V1_DIR, require_models
 
 TIMEOUT = 60
@@ -36,7 +37,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def classifier() -> TextClassifier:
     require_models()
-    return TextClassifier(V1_DIR / "model.onnx", SessionConfig())
+    return TextClassifier(ModelFiles(V1_DIR / "model.onnx"), SessionConfig())
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +168,9 @@ def test_max_batch_is_respected(classifier: TextClassifier, alone: dict[str, np.
 def test_submit_rejects_empty_and_oversized_jobs(classifier: TextClassifier, make_batcher: MakeBatcher) -> None:
     batcher = make_batcher(classifier.run, max_batch=4, max_queued=100, name="sizes")
     assert batcher.max_batch == 4
-    with pytest.raises(ValueError, match="submit between 1 and 4 texts, got 0"):
+    with pytest.raises(ValueError, match="submit between 1 and 4 inputs, got 0"):
         batcher.submit([])
-    with pytest.raises(ValueError, match="submit between 1 and 4 texts, got 5"):
+    with pytest.raises(ValueError, match="submit between 1 and 4 inputs, got 5"):
         batcher.submit(TEXTS[:5])
 
 
@@ -179,7 +180,7 @@ def test_queue_bound_raises_overloaded(classifier: TextClassifier, alone: dict[s
     running = batcher.submit(TEXTS[:1])
     assert run.entered.wait(TIMEOUT)  # taken off the queue: no longer counts as queued
     queued = [batcher.submit(TEXTS[:4]), batcher.submit(TEXTS[4:6])]  # 6 texts waiting
-    with pytest.raises(Overloaded, match="6 texts already queued for this model; retry shortly") as info:
+    with pytest.raises(Overloaded, match=r"6 inputs already queued for this model version \(MAX_QUEUED_INPUTS\); retry shortly") as info:
         batcher.submit(TEXTS[6:7])
     assert isinstance(info.value, EngineError)
     assert info.value.code == "overloaded"

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine.errors import ModelNotFound, PayloadTooLarge, Unauthorized, VersionNotFound
+from engine.errors import InvalidInput, ModelNotFound, PayloadTooLarge, VersionNotFound
 from engine.facade import InferenceEngine
 from engine.factory import build_engine
 from engine.schemas import PredictRequest
@@ -69,30 +69,33 @@ def test_limits_give_payload_too_large(models_dir: object) -> None:
 
 
 def test_unknown_model_or_version(engine: InferenceEngine) -> None:
-    with pytest.raises(ModelNotFound, match="available: \\['iris', 'sentiment_analysis'\\]"):
+    with pytest.raises(ModelNotFound, match="available: \\['iris', 'sentence_embedding', 'sentiment_analysis'\\]"):
         asyncio.run(engine.predict(PredictRequest(texts=["a"], model="other")))
     with pytest.raises(VersionNotFound, match="servable versions: \\['v1', 'v2'\\]"):
         asyncio.run(engine.predict(PredictRequest(texts=["a"], model_version="v3")))
 
 
-def test_authenticate(engine: InferenceEngine) -> None:
-    engine.authenticate("secret-token")
-    for token in (None, "", "secret-token ", "SECRET-TOKEN", "secret-tokenx"):
-        with pytest.raises(Unauthorized):
-            engine.authenticate(token)
-
-
 def test_health_and_models(engine: InferenceEngine) -> None:
     health = engine.health()
     assert (health.status, health.ready) == ("active", True)
-    assert health.active_models == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1"]
+    assert health.active_models == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1", "sentence_embedding:v1"]
     assert health.providers == ["CPUExecutionProvider"]
     assert all(m.load_ms is not None and m.load_ms > 0 for m in health.models)
     listing = engine.list_models()
-    assert listing.total == 3
+    assert listing.total == 4
     assert [(m.name, m.version, m.status, m.default, m.kind) for m in listing.models] == [
         ("sentiment_analysis", "v1", "active", True, "text_classification"),
         ("sentiment_analysis", "v2", "candidate", False, "text_classification"),
         ("iris", "v1", "active", True, "tabular"),
+        ("sentence_embedding", "v1", "active", True, "text_embedding"),
     ]
     assert listing.models[0].labels == ["negative", "neutral", "positive"]
+
+
+def test_a_request_field_that_is_not_the_models_kind_is_refused(engine: InferenceEngine) -> None:
+    with pytest.raises(InvalidInput, match="'iris' is a tabular model: send 'instances'"):
+        _predict(engine, model="iris", texts=["a"])
+    with pytest.raises(InvalidInput, match="'sentence_embedding' is a text_embedding model: send 'texts'"):
+        _predict(engine, model="sentence_embedding", instances=[[1.0]])
+    failed = engine.metrics.registry.get_sample_value("inference_errors_total", {"code": "invalid_input"})
+    assert failed is not None and failed >= 2

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
+from engine.kinds.base import argmax_agrees
 from engine.metrics import Metrics
-from engine.predictor import Output
-from engine.shadow import ShadowJob, ShadowRunner, top_label
+from engine.results import Output, top_label
+from engine.shadow import ShadowJob, ShadowRunner
 
 LABELS = {"model": "m", "primary_version": "v1", "shadow_version": "v2"}
+COLUMNS = ("a", "b", "c")
+
+
+def _row(top: str) -> np.ndarray:
+    return np.array([0.9 if label == top else 0.05 for label in COLUMNS], dtype=np.float32)
 
 
 def _outputs(*tops: str) -> list[Output]:
-    return [Output(scores={label: (0.9 if label == top else 0.05) for label in ("a", "b", "c")}, latency_ms=1.0) for top in tops]
+    return [Output(row=_row(top), latency_ms=1.0) for top in tops]
 
 
 def _job(run: object, predictions: list[str]) -> ShadowJob:
-    return ShadowJob(model="m", primary="v1", shadow="v2", predictions=predictions, run=run)  # type: ignore[arg-type]
+    rows = [_row(top) for top in predictions]
+    return ShadowJob(model="m", primary="v1", shadow="v2", rows=rows, agrees=argmax_agrees, run=run)  # type: ignore[arg-type]
 
 
 def test_top_label() -> None:

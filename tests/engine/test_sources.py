@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from moto.server import ThreadedMotoServer
 
+from engine.kinds import ModelFiles
+from engine.kinds.text_classification import TextClassifier
 from engine.session import SessionConfig
 from engine.sources import ChecksumMismatch, LocalSource, ModelSourceError, S3Source, sha256_file
-from engine.text_classifier import TextClassifier
 from tests.conftest import V1_DIR, require_models
 from tests.network import free_port
 
@@ -117,7 +118,7 @@ def test_fetch_downloads_model_and_sidecars_that_load_and_predict(endpoint: str,
         assert (model.parent / name).read_bytes() == (V1_DIR / name).read_bytes()
     assert counting.downloads == {f"{PREFIX}/{name}": 1 for name in FILES}
 
-    classifier = TextClassifier(model, SessionConfig(intra_op_threads=1))
+    classifier = TextClassifier(ModelFiles(model), SessionConfig(intra_op_threads=1))
     probabilities = classifier.run(["I love this product"])
     assert classifier.labels[int(np.argmax(probabilities[0]))] == "positive"
 
@@ -308,7 +309,7 @@ def test_optional_sidecars_come_along_when_they_exist(endpoint: str, tmp_path: P
     )
     assert (model.parent / "model.onnx.data").stat().st_size == (V1_DIR / "model.onnx.data").stat().st_size
     assert not (model.parent / "absent.bin").exists()
-    TextClassifier(model, SessionConfig())  # the graph finds its weights
+    TextClassifier(ModelFiles(model), SessionConfig())  # the graph finds its weights
 
 
 # --- through the engine: a registry version on S3 ----------------------------------------------

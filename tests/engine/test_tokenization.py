@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from engine.modelbuild.dataset import package_file
 from engine.tokenization import TextTokenizer
+from modelbuild.dataset import package_file
 from tests.conftest import V1_DIR, V2_DIR
 
 SHORT = "good film"

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.facade import InferenceEngine
 from tests.handlers.conftest import LiveServer
 
 SEED_BODY = '{ "id": "1", "texts": ["I love this product"], "model_version": "v1" }'
@@ -198,16 +199,21 @@ def test_health_reports_ready_models_and_providers(client: httpx.Client) -> None
     body = response.json()
     assert body["status"] == "active"
     assert body["ready"] is True
-    assert body["active_models"] == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1"]
+    assert body["active_models"] == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1", "sentence_embedding:v1"]
     assert "CPUExecutionProvider" in body["providers"]
     states = {(m["name"], m["version"], m["state"]) for m in body["models"]}
-    assert states == {("sentiment_analysis", "v1", "ready"), ("sentiment_analysis", "v2", "ready"), ("iris", "v1", "ready")}
+    assert states == {
+        ("sentiment_analysis", "v1", "ready"),
+        ("sentiment_analysis", "v2", "ready"),
+        ("iris", "v1", "ready"),
+        ("sentence_embedding", "v1", "ready"),
+    }
 
 
 @pytest.mark.parametrize("path", ["/models", "/api/v1/models"])
 def test_models_lists_versions(client: httpx.Client, path: str) -> None:
     body = client.get(path).json()
-    assert body["total"] == 3
+    assert body["total"] == 4
     by_version = {(m["name"], m["version"]): m for m in body["models"]}
     v1, v2, iris = by_version["sentiment_analysis", "v1"], by_version["sentiment_analysis", "v2"], by_version["iris", "v1"]
     assert v1["default"] is True and v1["status"] == "active" and v1["kind"] == "text_classification"
@@ -225,7 +231,7 @@ def test_metrics_count_requests_by_model_and_version(client: httpx.Client, live_
     text = response.text
     assert 'inference_requests_total{model="sentiment_analysis",model_version="v2",outcome="ok"}' in text
     assert 'inference_latency_ms_bucket{le="+Inf",model="sentiment_analysis",model_version="v2"}' in text
-    assert "active_models 3.0" in text
+    assert "active_models 4.0" in text
     assert "attacker-chosen-label" not in text  # label values stay bounded
 
 
@@ -301,8 +307,8 @@ def test_admin_reload_over_http(tmp_path: Path, models_dir: Path) -> None:
     enabled = build_engine(make_settings(model_registry_path=registry, admin_token="admin-secret"))
     enabled.load()
 
-    async def post(engine: object, headers: dict[str, str]) -> httpx.Response:
-        app = create_app(make_settings(model_registry_path=registry), engine, manage_engine=False)  # type: ignore[arg-type]
+    async def post(engine: InferenceEngine, headers: dict[str, str]) -> httpx.Response:
+        app = create_app(engine.settings, engine, manage_engine=False)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
             return await http.post("/api/v1/admin/reload", headers=headers)
 

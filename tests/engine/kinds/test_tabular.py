@@ -10,15 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.errors import InvalidInput
-from engine.kinds import load_model
-from engine.modelbuild import tabular as iris_build
+from engine.errors import InvalidInput, PayloadTooLarge
+from engine.kinds import KINDS, Limits, ModelFiles
+from engine.kinds.base import MAX_DETAILS
+from engine.kinds.tabular import TabularClassifier
+from engine.registry import VersionSpec
+from engine.results import Output
 from engine.session import SessionConfig
-from engine.tabular import MAX_DETAILS, TabularClassifier
-from tests.conftest import MODELS_DIR, V1_DIR
+from modelbuild import iris as iris_build
+from tests.conftest import MODELS_DIR, V1_DIR, require_models
 
 IRIS_DIR = MODELS_DIR / "iris_v1"
 IRIS_MODEL = IRIS_DIR / "model.onnx"
+LIMITS = Limits(max_inputs=256, max_text_chars=10_000)
 
 CLEAR_CASES = {
     "setosa": [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [5.0, 3.6, 1.4, 0.2]],
@@ -27,20 +31,15 @@ CLEAR_CASES = {
 }
 
 
-def require_iris() -> None:
-    if not IRIS_MODEL.is_file():
-        pytest.fail(f"{IRIS_MODEL} is missing: run `make models` (or `make test`, which builds it)")
-
-
 @pytest.fixture(scope="module")
 def classifier() -> TabularClassifier:
-    require_iris()
-    return TabularClassifier(IRIS_MODEL, SessionConfig())
+    require_models(IRIS_MODEL)
+    return TabularClassifier(ModelFiles(IRIS_MODEL), SessionConfig())
 
 
 def _invalid(classifier: TabularClassifier, inputs: list[Any]) -> InvalidInput:
     with pytest.raises(InvalidInput) as caught:
-        classifier.validate(inputs)
+        classifier.check(inputs, LIMITS)
     return caught.value
 
 
@@ -66,7 +65,7 @@ def test_the_classic_setosa_is_confident(classifier: TabularClassifier) -> None:
 
 def test_ints_tuples_and_arrays_are_accepted(classifier: TabularClassifier) -> None:
     rows: list[Any] = [[5, 3, 1, 0], (6.7, 3.0, 5.2, 2.3), np.array([5.9, 3.0, 4.2, 1.5]), [np.float32(5.1), np.int64(3), 1.4, 0.2]]
-    classifier.validate(rows)
+    classifier.check(rows, LIMITS)
     predicted = [classifier.labels[i] for i in classifier.run(rows).argmax(axis=1)]
     assert predicted == ["setosa", "virginica", "versicolor", "setosa"]
 
@@ -96,39 +95,56 @@ def test_model_card_accuracy_reproduces_on_the_held_out_split(classifier: Tabula
     assert accuracy > 0.85
 
 
-def test_load_model_returns_a_tabular_classifier() -> None:
-    require_iris()
-    model = load_model("tabular", IRIS_MODEL, SessionConfig())
-    assert isinstance(model, TabularClassifier)
-    assert model.labels == ("setosa", "versicolor", "virginica")
+def test_the_kind_is_registered_under_its_registry_name() -> None:
+    assert KINDS["tabular"] is TabularClassifier
+    assert TabularClassifier.request_field == "instances"
+    assert TabularClassifier.sidecars(VersionSpec(path="m.onnx"), None) == ("labels.json",)
+    assert TabularClassifier.sidecars(VersionSpec(path="m.onnx"), ("a", "b")) == ()
+
+
+def test_a_result_echoes_the_row_with_its_scores(classifier: TabularClassifier) -> None:
+    row = classifier.run([[5.1, 3.5, 1.4, 0.2]])[0]
+    result = classifier.result([5.1, 3.5, 1.4, 0.2], Output(row=row, latency_ms=0.5))
+    assert result.model_dump() == {
+        "instance": [5.1, 3.5, 1.4, 0.2],
+        "prediction": "setosa",
+        "scores": dict(zip(classifier.labels, map(float, row), strict=True)),
+        "latency_ms": 0.5,
+        "cached": False,
+    }
+
+
+def test_more_rows_than_the_limit_are_too_large(classifier: TabularClassifier) -> None:
+    with pytest.raises(PayloadTooLarge, match="MAX_TEXTS_PER_REQUEST"):
+        classifier.check([[1.0, 2.0, 3.0, 4.0]] * 3, Limits(max_inputs=2, max_text_chars=10))
 
 
 def test_labels_override_the_labels_file() -> None:
-    require_iris()
-    model = TabularClassifier(IRIS_MODEL, SessionConfig(), labels=["a", "b", "c"])
+    require_models(IRIS_MODEL)
+    model = TabularClassifier(ModelFiles(IRIS_MODEL, labels=("a", "b", "c")), SessionConfig())
     assert model.labels == ("a", "b", "c")
     with pytest.raises(ValueError, match="3 columns but there are 2 labels"):
-        TabularClassifier(IRIS_MODEL, SessionConfig(), labels=["a", "b"])
+        TabularClassifier(ModelFiles(IRIS_MODEL, labels=("a", "b")), SessionConfig())
 
 
 def test_a_text_model_is_not_a_tabular_model() -> None:
-    require_iris()
+    require_models(IRIS_MODEL)
     with pytest.raises(ValueError, match="exactly one input tensor") as caught:
-        TabularClassifier(V1_DIR / "model.onnx", SessionConfig())
+        TabularClassifier(ModelFiles(V1_DIR / "model.onnx"), SessionConfig())
     assert "input_ids" in str(caught.value)
 
 
 def test_missing_files_name_make_models(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="make models"):
-        TabularClassifier(tmp_path / "model.onnx", SessionConfig())
+        TabularClassifier(ModelFiles(tmp_path / "model.onnx"), SessionConfig())
     (tmp_path / "model.onnx").write_bytes(IRIS_MODEL.read_bytes())
     with pytest.raises(FileNotFoundError, match=r"labels\.json is missing .*make models"):
-        TabularClassifier(tmp_path / "model.onnx", SessionConfig())
+        TabularClassifier(ModelFiles(tmp_path / "model.onnx"), SessionConfig())
 
 
 def test_valid_rows_pass(classifier: TabularClassifier) -> None:
-    classifier.validate([[5.1, 3.5, 1.4, 0.2], [-1e30, 0, 1e30, 2]])
-    classifier.validate([])
+    classifier.check([[5.1, 3.5, 1.4, 0.2], [-1e30, 0, 1e30, 2]], LIMITS)
+    classifier.check([], LIMITS)
 
 
 @pytest.mark.parametrize(

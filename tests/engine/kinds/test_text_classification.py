@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.modelbuild import dataset
+from engine.errors import InvalidInput, PayloadTooLarge
+from engine.kinds import KINDS, Limits, ModelFiles
+from engine.kinds.text_classification import TextClassifier
+from engine.results import Output
 from engine.session import SessionConfig
-from engine.text_classifier import TextClassifier
+from modelbuild import dataset
 from tests.conftest import V1_DIR, V2_DIR, require_models
 
 CLEAR_CASES = {
@@ -35,7 +38,7 @@ CLEAR_CASES = {
 def classifier(request: pytest.FixtureRequest) -> TextClassifier:
     require_models()
     folder = {"v1": V1_DIR, "v2": V2_DIR}[request.param]
-    return TextClassifier(folder / "model.onnx", SessionConfig())
+    return TextClassifier(ModelFiles(folder / "model.onnx"), SessionConfig())
 
 
 def _card(classifier_dir: Path) -> dict[str, object]:
@@ -62,7 +65,7 @@ def test_model_card_accuracy_reproduces_on_held_out_movies(version_dir: Path) ->
     card = _card(version_dir)
     evaluation = card["evaluation"]
     assert isinstance(evaluation, dict)
-    classifier = TextClassifier(version_dir / "model.onnx", SessionConfig())
+    classifier = TextClassifier(ModelFiles(version_dir / "model.onnx"), SessionConfig())
     split = dataset.split_by_movie(dataset.load_corpus(dataset.corpus_path()))
     texts = [e.text for e in split.test]
     # Batches of 32 grouped by character length, where the build grouped 64 by token count:
@@ -94,3 +97,25 @@ def test_scores_are_batch_invariant(classifier: TextClassifier) -> None:
     reversed_rows = classifier.run(texts[::-1])[::-1]
     assert np.abs(together - alone).max() <= 1e-4
     assert np.abs(reversed_rows - alone).max() <= 1e-4
+
+
+def test_checks_name_the_offending_inputs(classifier: TextClassifier) -> None:
+    limits = Limits(max_inputs=3, max_text_chars=5)
+    classifier.check(["short", "ok"], limits)
+    with pytest.raises(PayloadTooLarge, match="MAX_TEXTS_PER_REQUEST"):
+        classifier.check(["a"] * 4, limits)
+    with pytest.raises(PayloadTooLarge, match="MAX_TEXT_CHARS") as too_long:
+        classifier.check(["ok", "longer"], limits)
+    assert too_long.value.details == {"indexes": [1]}
+    with pytest.raises(InvalidInput, match="every input must be a string") as not_text:
+        classifier.check(["ok", 3], limits)
+    assert not_text.value.details == {"indexes": [1]}
+
+
+def test_a_result_is_the_seed_shape(classifier: TextClassifier) -> None:
+    assert KINDS["text_classification"] is TextClassifier
+    row = classifier.run(["I love this product"])[0]
+    result = classifier.result("I love this product", Output(row=row, latency_ms=1.25, cached=True)).model_dump()
+    assert list(result) == ["text", "prediction", "scores", "latency_ms", "cached"]
+    assert result["prediction"] == "positive" and result["cached"] is True
+    assert classifier.agrees(row, row) and not classifier.agrees(row, row[::-1].copy())

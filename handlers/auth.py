@@ -1,15 +1,17 @@
-"""Where the API token comes from: the environment, or SSM Parameter Store / Secrets Manager.
+"""Who may call the HTTP edge: the API token (X-Token) and the admin token (X-Admin-Token).
 
-A token read from AWS is cached for ``AUTH_TOKEN_TTL_S`` (Powertools parameters), so a rotated
-token is picked up within that time without a redeploy.
+The API token comes from the environment, or from SSM Parameter Store / Secrets Manager. A
+token read from AWS is cached for ``AUTH_TOKEN_TTL_S`` (Powertools parameters), so a rotated
+token is picked up within that time without a redeploy. Every comparison is constant-time.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Protocol
 
-from engine.errors import BackendUnavailable
+from engine.errors import BackendUnavailable, Forbidden, Unauthorized
 from engine.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -65,3 +67,28 @@ def token_source(settings: Settings) -> TokenSource:
     if settings.auth_token_parameter:
         return ParameterToken(settings.auth_token_parameter, settings.auth_token_ttl_s)
     return StaticToken(settings.auth_token.get_secret_value())
+
+
+def _same(given: str | None, expected: bytes) -> bool:
+    return given is not None and hmac.compare_digest(given.encode("utf-8"), expected)
+
+
+class Authenticator:
+    """Checks callers' tokens against the service's; built once per app from the settings."""
+
+    def __init__(self, settings: Settings, tokens: TokenSource | None = None) -> None:
+        self._tokens = tokens if tokens is not None else token_source(settings)
+        admin = settings.admin_token.get_secret_value() if settings.admin_token is not None else ""
+        self._admin_token = admin.encode("utf-8") if admin else None
+
+    def check(self, token: str | None) -> None:
+        """Raise ``Unauthorized`` unless ``token`` is the current API token."""
+        if not _same(token, self._tokens.current().encode("utf-8")):
+            raise Unauthorized("missing or invalid X-Token header")
+
+    def check_admin(self, token: str | None) -> None:
+        """Raise ``Forbidden`` when admin endpoints are off, ``Unauthorized`` unless ``token`` is the admin token."""
+        if self._admin_token is None:
+            raise Forbidden("admin endpoints are disabled: set ADMIN_TOKEN to enable them")
+        if not _same(token, self._admin_token):
+            raise Unauthorized("missing or invalid X-Admin-Token header")

@@ -8,16 +8,29 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ReloadFailed
+from engine.facade import InferenceEngine
+from engine.lifecycle import ModelState
+from engine.loader import LoadedModel
 from engine.schemas import PredictRequest
 from tests.registries import V1_MODEL, V2_MODEL, engine_for, sentiment, write_registry
 
 V1_ONLY = {"v1": {"path": V1_MODEL, "status": "active"}}
 
 
+def _loaded(engine: InferenceEngine, version: str) -> LoadedModel:
+    """The model object the current generation hands out for a version."""
+
+    async def lease() -> LoadedModel:
+        async with engine.models.current.lease("sentiment_analysis", version) as model:
+            return model
+
+    return asyncio.run(lease())
+
+
 def test_reload_adds_versions_and_keeps_unchanged_ones_loaded(tmp_path: Path, models_dir: Path) -> None:
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(V1_ONLY)})
     with engine_for(registry) as engine:
-        v1_before = engine.repository.resolve("sentiment_analysis", "v1")
+        v1_before = _loaded(engine, "v1")
         write_registry(
             tmp_path,
             {"sentiment_analysis": sentiment(rollout={"type": "canary", "canary_percentage": 100, "target_version": "v2"})},
@@ -31,7 +44,7 @@ def test_reload_adds_versions_and_keeps_unchanged_ones_loaded(tmp_path: Path, mo
             [],
         )
         assert report.duration_ms > 0
-        assert engine.repository.resolve("sentiment_analysis", "v1") is v1_before  # not reloaded
+        assert _loaded(engine, "v1") is v1_before  # not reloaded
         assert {m.version: m.state for m in engine.health().models} == {"v1": "ready", "v2": "ready"}  # warmed before the switch
         assert asyncio.run(engine.predict(PredictRequest(texts=["ok"]))).model_version == "v2"
         assert engine.health().last_reload == report
@@ -70,7 +83,9 @@ def test_changed_version_is_swapped_and_in_flight_requests_finish_on_theirs(tmp_
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(V1_ONLY)})
     texts = [f"{'an uneven but often charming film about growing up ' * 6} {i}" for i in range(256)]
     with engine_for(registry) as engine:
-        old_entry = engine.repository.resolve("sentiment_analysis", "v1")
+        old_generation = engine.models.current
+        old_model = _loaded(engine, "v1")
+        old_state = lambda: {v.version: v.state for v in old_generation.views()}["v1"]  # noqa: E731
         reference = asyncio.run(engine.predict(PredictRequest(texts=texts[:4]))).results
 
         async def scenario() -> tuple[object, object]:
@@ -79,14 +94,14 @@ def test_changed_version_is_swapped_and_in_flight_requests_finish_on_theirs(tmp_
             write_registry(tmp_path, {"sentiment_analysis": sentiment({"v1": {"path": V2_MODEL, "status": "active"}})})
             report = await asyncio.to_thread(engine.reload)
             assert not in_flight.done(), "the request should still be running when the switch happens"
-            assert old_entry.retiring and old_entry.model is not None  # kept until its last lease ends
+            assert old_state() is ModelState.READY  # retired, but kept until its last lease ends
             return await in_flight, report
 
         finished, report = asyncio.run(scenario())
         assert report.ok and report.changed == ["sentiment_analysis:v1"]  # type: ignore[attr-defined]
         for got, expected in zip(finished.results[:4], reference, strict=True):  # type: ignore[attr-defined]
             assert got.scores == pytest.approx(expected.scores, abs=1e-4)  # the old fp32 v1 answered
-        assert old_entry.model is None  # retired and unloaded once its last request finished
+        assert old_state() is ModelState.UNLOADED  # unloaded once its last request finished
         new_scores = asyncio.run(engine.predict(PredictRequest(texts=texts[:4]))).results
-        assert engine.repository.resolve("sentiment_analysis", "v1") is not old_entry
+        assert _loaded(engine, "v1") is not old_model
         assert any(abs(a.scores["positive"] - b.scores["positive"]) > 1e-6 for a, b in zip(new_scores, reference, strict=True))

@@ -1,4 +1,4 @@
-"""Model versions: lifecycle states, failed and retired versions, resolution."""
+"""The model lifecycle: version states, failed and retired versions, resolution, the LRU bound and leases."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from engine.errors import ModelNotReady, VersionNotFound
 from engine.factory import build_engine
+from engine.lifecycle import ModelState
 from engine.registry import RegistryError
-from engine.repository import ModelState
 from engine.schemas import PredictRequest
 from tests.conftest import V1_DIR, make_settings
 from tests.registries import engine_for, sentiment, write_registry
@@ -89,12 +89,32 @@ def test_lru_bound_evicts_the_least_recently_used_and_reloads_on_demand(tmp_path
 def test_a_leased_version_is_not_evicted(tmp_path: Path, models_dir: Path) -> None:
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
     with engine_for(registry, model_cache_size=1) as engine:
-        repository = engine.repository
-        v1, v2 = repository.resolve("sentiment_analysis", "v1"), repository.resolve("sentiment_analysis", "v2")
-        assert repository.acquire(v1)  # an in-flight request holds v1
-        assert repository.ensure_loaded(v2)
-        assert (v1.state, v2.state) == (ModelState.READY, ModelState.READY)  # over the bound rather than break v1
-        repository.release(v1)  # back within the bound: v1 is now the least recently used idle version
-        assert (v1.state, v2.state) == (ModelState.UNLOADED, ModelState.READY)
-        assert asyncio.run(engine.predict(PredictRequest(texts=["fine"], model_version="v1"))).model_version == "v1"
-        assert (v1.state, v2.state) == (ModelState.READY, ModelState.UNLOADED)
+        generation = engine.models.current
+        states = lambda: {v.version: v.state for v in generation.views()}  # noqa: E731
+
+        async def scenario() -> None:
+            async with generation.lease("sentiment_analysis", "v1"):  # an in-flight request holds v1
+                async with generation.lease("sentiment_analysis", "v2") as v2:
+                    assert states() == {"v1": ModelState.READY, "v2": ModelState.READY}  # over the bound rather than break v1
+                    assert v2.version == "v2"
+                # Back within the bound: the idle version goes, the leased one stays.
+                assert states() == {"v1": ModelState.READY, "v2": ModelState.UNLOADED}
+
+        asyncio.run(scenario())
+        assert asyncio.run(engine.predict(PredictRequest(texts=["fine"], model_version="v2"))).model_version == "v2"
+        assert states() == {"v1": ModelState.UNLOADED, "v2": ModelState.READY}
+
+
+def test_a_lease_hands_out_the_same_loaded_model_until_it_is_unloaded(tmp_path: Path, models_dir: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+    with engine_for(registry) as engine:
+        generation = engine.models.current
+
+        async def lease(version: str) -> object:
+            async with generation.lease("sentiment_analysis", version) as model:
+                return model
+
+        first, again = asyncio.run(lease("v1")), asyncio.run(lease("v1"))
+        assert first is again and asyncio.run(lease("v2")) is not first
+        with pytest.raises(VersionNotFound, match="does not exist"):
+            asyncio.run(lease("v9"))

@@ -6,39 +6,53 @@ The graph takes one float tensor ``[batch, n_features]`` and returns probabiliti
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import numbers
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.kinds.base import (
+    MAX_DETAILS,
+    Limits,
+    ModelFiles,
+    argmax_agrees,
+    check_count,
+    check_width,
+    label_sidecars,
+    labels_of,
+    require_files,
+)
+from engine.results import InputResult, Output, classification, classification_result
 from engine.session import SessionConfig, open_session
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from engine.registry import ModelSpec, VersionSpec
 
-MAX_DETAILS = 20
 PROBABILITIES_OUTPUT = "probabilities"
 _FLOAT_TYPES: dict[str, type[np.floating[Any]]] = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
+InstanceResult = classification_result("InstanceResult", "instance", list[Any], "One feature row's label probabilities.")
+
 
 class TabularClassifier:
-    """Loads ``model.onnx`` with the ``labels.json`` beside it (unless ``labels`` is given).
+    """Loads ``model.onnx`` with the ``labels.json`` beside it (unless the registry lists labels).
 
     ``run`` maps rows of ``n_features`` numbers to one row of probabilities per input, in ``labels`` order.
     """
 
-    def __init__(self, model_path: Path, session_config: SessionConfig, labels: Sequence[str] | None = None) -> None:
-        folder = model_path.parent
-        required = [model_path] + ([] if labels is not None else [folder / "labels.json"])
-        for path in required:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing (build the default models with `make models`)")
-        self.labels: tuple[str, ...] = tuple(labels if labels is not None else json.loads((folder / "labels.json").read_text()))
+    name: ClassVar[str] = "tabular"
+    request_field: ClassVar[str] = "instances"
+    request_schema: ClassVar[Any] = list[list[Any]]
+    request_description: ClassVar[str] = "Feature rows for a tabular model (limit: MAX_TEXTS_PER_REQUEST rows)."
+    result_type: ClassVar[type[InputResult]] = InstanceResult
+
+    def __init__(self, files: ModelFiles, session_config: SessionConfig) -> None:
+        model_path = files.model
+        require_files(model_path, *(files.beside(name) for name in label_sidecars(files.labels)))
+        self.labels: tuple[str, ...] = labels_of(files)
         self._session = open_session(model_path, session_config)
 
         inputs = self._session.get_inputs()
@@ -69,16 +83,25 @@ class TabularClassifier:
                 f"{model_path}: expected one float probabilities output [batch, n_labels] "
                 f"(skl2onnx with zipmap disabled names it {PROBABILITIES_OUTPUT!r}); graph outputs are {described}"
             )
-        width = output.shape[1]
-        if isinstance(width, int) and width != len(self.labels):
-            raise ValueError(f"{model_path}: output {output.name!r} has {width} columns but there are {len(self.labels)} labels")
+        check_width(model_path, output.name, output.shape[1], self.labels)
         self._output = output.name
+        self.width = len(self.labels)
+
+    @classmethod
+    def sidecars(cls, spec: VersionSpec, labels: tuple[str, ...] | None) -> tuple[str, ...]:
+        return label_sidecars(labels)
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> None:
+        if any(v.tokenizer for v in spec.versions.values()):
+            raise ValueError("a tabular model takes no tokenizer")
 
     @property
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
 
-    def validate(self, inputs: Sequence[Any]) -> None:
+    def check(self, inputs: Sequence[Any], limits: Limits) -> None:
+        check_count(inputs, limits)
         problems: list[dict[str, Any]] = []
         bad = 0
         for index, row in enumerate(inputs):
@@ -129,3 +152,9 @@ class TabularClassifier:
     def warm_up(self) -> None:
         """Run once so the first request does not pay for the runtime's lazy allocations."""
         self.run([[0.0] * self.n_features])
+
+    def result(self, item: Any, output: Output) -> InputResult:
+        return InstanceResult(instance=item, **classification(self.labels, output.row), latency_ms=output.latency_ms, cached=output.cached)
+
+    def agrees(self, primary: np.ndarray, shadow: np.ndarray) -> bool:
+        return argmax_agrees(primary, shadow)

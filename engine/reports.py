@@ -1,0 +1,49 @@
+"""What /health and the model listing say, built from the lifecycle's read-only views."""
+
+from __future__ import annotations
+
+from engine.lifecycle import Generation, ModelManager, ModelState
+from engine.schemas import CacheHealth, HealthReport, ModelHealth, ModelInfo, ModelsReport
+
+
+def health_report(models: ModelManager, cache: CacheHealth) -> HealthReport:
+    views = models.current.views()
+    ready = [v for v in views if v.state is ModelState.READY]
+    status = models.status()
+    return HealthReport(
+        status=status,
+        ready=status in ("active", "degraded"),
+        active_models=[f"{v.name}:{v.version}" for v in ready],
+        providers=sorted({p for v in ready for p in v.providers}),
+        models=[
+            ModelHealth(
+                name=v.name,
+                version=v.version,
+                state=v.state.value,
+                load_ms=round(v.load_ms, 1) if v.load_ms is not None else None,
+                error=v.error,
+            )
+            for v in views
+        ],
+        last_reload=models.last_reload,
+        cache=cache,
+    )
+
+
+def models_report(generation: Generation) -> ModelsReport:
+    registry = generation.registry
+    models = [
+        ModelInfo(
+            name=v.name,
+            version=v.version,
+            kind=v.kind,
+            model_id=f"{v.spec.description} ({v.spec.path})" if v.spec.description else v.spec.path,
+            status=v.spec.status,
+            state=v.state.value,
+            default=registry.models[v.name].default_version == v.version,
+            rollout=registry.models[v.name].rollout_strategy.model_dump(exclude_none=True),
+            labels=list(v.labels),
+        )
+        for v in generation.views()
+    ]
+    return ModelsReport(total=len(models), models=models)
