@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: a ``mlinfer serve`` subprocess, a cheap keep-alive HTTP client,
 a closed-loop load driver, percentiles, and the CPU load of the machine while a measurement runs.
+``free_port`` is ``emulator.loopback``'s.
 
 Imported by the scripts beside it (``bench/bench_serving.py``, ``bench/bench_cache.py``), which run
 as ``.venv/bin/python bench/<script>.py``: their directory is first on ``sys.path``.
@@ -12,7 +13,6 @@ import contextlib
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +24,8 @@ from typing import IO, NamedTuple, Protocol
 
 import httpx
 import numpy as np
+
+from emulator.loopback import free_port as free_port  # the one the tests use too
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REGISTRY_PATH = REPO_ROOT / "model_registry.yaml"
@@ -219,13 +221,6 @@ async def measure_async(call: AsyncCall, bounds: Bounds, concurrency: int) -> Ti
 
 
 # ---------------------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mlinfer_executable() -> str:

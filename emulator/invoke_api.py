@@ -20,7 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from emulator import logs
-from emulator.pool import Executor, Throttled, function_arn
+from emulator.pool import Executor, Throttled
+from emulator.python_runtime import function_arn
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,3 @@ class InvokeApi:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    async def drain(self) -> None:
-        """Wait for the asynchronous invocations still running."""
-        await asyncio.gather(*self._background, return_exceptions=True)

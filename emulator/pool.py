@@ -18,6 +18,7 @@ from typing import Protocol
 
 from emulator import logs
 from emulator import worker as worker_module
+from emulator.python_runtime import function_arn
 from emulator.template import FunctionSpec
 from emulator.worker import Reply, Worker, WorkerDied, WorkerTimeout
 
@@ -55,10 +56,6 @@ class Executor(Protocol):
     async def close(self) -> None:
         """Stop every environment."""
         ...
-
-
-def function_arn(name: str) -> str:
-    return f"arn:aws:lambda:us-east-1:123456789012:function:{name}"
 
 
 class WorkerPool:

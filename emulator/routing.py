@@ -56,9 +56,6 @@ class Router:
     def __init__(self, functions: Mapping[str, FunctionSpec]) -> None:
         self._routes = [_compile(spec.name, route) for spec in functions.values() for route in spec.routes]
 
-    def __bool__(self) -> bool:
-        return bool(self._routes)
-
     def routes(self) -> list[tuple[str, HttpRoute]]:
         return [(compiled.function, compiled.route) for compiled in self._routes]
 

@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from emulator import logs
-from emulator.pool import Invocation, LogSink, Throttled, function_arn
+from emulator.pool import Invocation, LogSink, Throttled
+from emulator.python_runtime import function_arn
 from emulator.template import FunctionSpec
 
 PREFIX = "/2018-06-01/runtime"

@@ -1,21 +1,28 @@
 """``mlinfer emulate``: the HTTP front, the Invoke API and (optionally) the Runtime API, served
-by one uvicorn server on one event loop, so that every front shares the functions' pools."""
+by one uvicorn server on one event loop, so that every front shares the functions' pools.
+
+``RuntimeApiServer`` serves one function's Runtime API alone, on a thread of its own, for
+synchronous code (a test) that runs an external runtime such as awslambdaric against it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from emulator.http_front import HttpFront
 from emulator.invoke_api import InvokeApi
-from emulator.pool import Executor, LogSink, WorkerPool
+from emulator.pool import Executor, Invocation, LogSink, WorkerPool
 from emulator.routing import Router
-from emulator.runtime_api import RuntimeApi
+from emulator.runtime_api import PREFIX, RuntimeApi
 from emulator.template import FunctionSpec
 
 logger = logging.getLogger(__name__)
@@ -95,3 +102,105 @@ async def serve(
             await executor.close()
         for sock in sockets:
             sock.close()
+
+
+def _discard(function: str, text: str) -> None:
+    pass
+
+
+class RuntimeApiServer:
+    """One function's Runtime API on its own thread and event loop, started and stopped with ``with``::
+
+        spec = FunctionSpec("Echo", "handlers.lambda_http.handler", Path("."), timeout_s=60)
+        with RuntimeApiServer(spec) as api:
+            env = {**os.environ, "AWS_LAMBDA_RUNTIME_API": api.address}
+            runtime = subprocess.Popen([sys.executable, "-m", "awslambdaric", spec.handler], env=env)
+            assert api.wait_until_initialised(120), "the runtime neither polled nor reported an init error"
+            invocation = api.invoke(b'{"n": 1}')  # blocks until the runtime answers
+            runtime.terminate()
+
+    ``port`` 0 binds a free port; ``address`` is the ``host:port`` bound. An invocation waits up
+    to ``spec.timeout_s`` for the runtime's answer, counted from the invoke: its init included
+    when the runtime is still initialising, hence ``wait_until_initialised`` first.
+    ``log_sink`` gets the platform's START / END / REPORT lines; the runtime's own output goes
+    wherever its process writes.
+    """
+
+    def __init__(self, spec: FunctionSpec, *, host: str = "127.0.0.1", port: int = 0, log_sink: LogSink = _discard) -> None:
+        self.spec = spec
+        self._log_sink = log_sink
+        self._socket = _bind(host, port)
+        self.address = f"{host}:{self._socket.getsockname()[1]}"
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._initialised = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._api: RuntimeApi | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread = threading.Thread(target=self._run, name=f"runtime-api-{spec.name}", daemon=True)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._server is None or not self._server.started:
+            self.stop()
+            raise RuntimeError(f"the Runtime API of {self.spec.name} did not start on {self.address}")
+
+    def wait_until_initialised(self, timeout_s: float) -> bool:
+        """Whether, within ``timeout_s``, the runtime finished its init: it polled for an invocation or reported an init error."""
+        return self._initialised.wait(timeout_s)
+
+    def invoke(self, payload: bytes, request_id: str | None = None) -> Invocation:
+        """One invocation through the runtime that polls; raises ``Throttled`` while one is pending."""
+        if self._loop is None or self._api is None:
+            raise RuntimeError("the Runtime API server is not started")
+        return asyncio.run_coroutine_threadsafe(self._api.invoke(payload, request_id), self._loop).result()
+
+    def stop(self) -> None:
+        """Stop serving, without waiting for a runtime still polling."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = self._server.force_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+
+    def __enter__(self) -> RuntimeApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._api is not None
+        path = scope.get("path", "")
+        if path == f"{PREFIX}/invocation/next":
+            self._initialised.set()
+        try:
+            await self._api.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+            # Stopped while a runtime was polling: the poll ends with the server, quietly.
+        finally:
+            if path == f"{PREFIX}/init/error":
+                self._initialised.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._api = RuntimeApi(self.spec, self._log_sink)
+        # log_config None: the caller's logging is left as it is; uvicorn's own loggers propagate to it.
+        config = uvicorn.Config(self._app, interface="asgi3", lifespan="off", log_config=None, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        serving = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        try:
+            while not self._server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            self._ready.set()
+            await serving
+        finally:
+            self._ready.set()
+            await self._api.close()

