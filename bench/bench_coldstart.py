@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for name, registry in (
-            ("default registry (sentiment v1 + v2, iris)", REPO / "model_registry.yaml"),
+            ("default registry (sentiment v1 + v2, iris, sentence_embedding)", REPO / "model_registry.yaml"),
             ("v1 only", v1_only_registry(Path(folder))),
         ):
             summarise(name, [run_once(registry) for _ in range(args.runs)], args.markdown)
