@@ -35,7 +35,7 @@ from engine.sources import sha256_file, weights_name
 from engine.tokenization import TextTokenizer
 from modelbuild import dataset, embedding, iris
 from modelbuild.encoder import BertConfig, build_encoder_graph, make_model
-from modelbuild.evaluation import classification_report
+from modelbuild.evaluation import classification_report, provenance_lines
 from modelbuild.head import Head, train_head
 from modelbuild.quantize import quantize_int8
 
@@ -214,11 +214,7 @@ def _write_card(folder: Path, spec: VersionSpec, card: dict[str, object]) -> Non
         f"- **Held-out accuracy of this file:** {ev['accuracy']:.4f} on {ev['examples']} texts",
         f"- **Per-class recall:** {json.dumps(ev['per_class_recall'])}",
         f"- **Head:** {card['head']}",
-        f"- **Precision:** {card['precision']}",
-        f"- **model.onnx sha256:** `{card['sha256']}`",
-        f"- **model.onnx.data (weights) sha256:** `{card['weights_sha256']}`",
-        f"- **Build command:** `{card['build_command']}`",
-        f"- **Libraries:** {card['libraries']}",
+        *provenance_lines(card),
         "",
         "Inputs: `input_ids`, `attention_mask` (int64, shape [batch, sequence]). "
         f"Output: `probabilities` (float32, [batch, {len(card['labels'])}]) in label order.",  # type: ignore[arg-type]

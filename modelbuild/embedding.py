@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelbuild.evaluation import classification_report
+from modelbuild.evaluation import classification_report, provenance_lines
 
 MODEL_NAME = "sentence_embedding"
 VERSION = "v1"
@@ -83,11 +83,7 @@ def write_card(folder: Path, card: dict[str, object]) -> None:
         f"- **Per-class recall:** {json.dumps(centroid['per_class_recall'])}",
         f"- **Mean cosine similarity, held-out texts:** {cosines['within_class']:.4f} within a class, "
         f"{cosines['across_classes']:.4f} across classes (gap {cosines['gap']:.4f})",
-        f"- **Precision:** {card['precision']}",
-        f"- **model.onnx sha256:** `{card['sha256']}`",
-        f"- **model.onnx.data (weights) sha256:** `{card['weights_sha256']}`",
-        f"- **Build command:** `{card['build_command']}`",
-        f"- **Libraries:** {card['libraries']}",
+        *provenance_lines(card),
         "",
         f"Inputs: `{INPUT_NAMES[0]}`, `{INPUT_NAMES[1]}` (int64, shape [batch, sequence]), from the `tokenizer.json` "
         f"beside the model. Output: `{OUTPUT_NAME}` (float32, [batch, {dims}]), one unit-length row per text: "

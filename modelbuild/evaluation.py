@@ -1,8 +1,8 @@
-"""Held-out evaluation figures that every model card reports."""
+"""Held-out evaluation figures that every model card reports, and the card's provenance lines."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def classification_report(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, object]:
@@ -17,3 +17,14 @@ def classification_report(truth: Sequence[str], predicted: Sequence[str], labels
         "per_class_recall": {t: round(confusion[t][t] / max(1, sum(confusion[t].values())), 4) for t in labels},
         "confusion": confusion,
     }
+
+
+def provenance_lines(card: Mapping[str, object]) -> list[str]:
+    """The card lines that say which files these are and how they were built."""
+    return [
+        f"- **Precision:** {card['precision']}",
+        f"- **model.onnx sha256:** `{card['sha256']}`",
+        f"- **model.onnx.data (weights) sha256:** `{card['weights_sha256']}`",
+        f"- **Build command:** `{card['build_command']}`",
+        f"- **Libraries:** {card['libraries']}",
+    ]

@@ -1,4 +1,4 @@
-"""Fixtures shared by the model build's tests: sentence-transformers' reference embeddings of MiniLM."""
+"""Shared by the model build's tests: a built model's folder and card, and sentence-transformers' reference embeddings of MiniLM."""
 
 from __future__ import annotations
 
@@ -17,3 +17,16 @@ def reference() -> dict[str, Any]:
     assert data["normalized"] is True
     assert len(data["sentences"]) >= 2
     return data
+
+
+def built_folder(models_dir: Path, folder: str) -> Path:
+    """A built model's folder; fails (never skips) when it was not built."""
+    path = models_dir / folder
+    if not (path / "model.onnx").is_file():
+        pytest.fail(f"{path / 'model.onnx'} is missing: run `make models`")
+    return path
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    card: dict[str, Any] = json.loads((folder / "model_card.json").read_text())
+    return card

@@ -25,6 +25,7 @@ from modelbuild.build import (
     locate_sources,
     write_embedding_model,
 )
+from tests.modelbuild.conftest import built_folder, read_card
 
 FILES = ("model.onnx", "model.onnx.data", "tokenizer.json", "model_card.json", "MODEL_CARD.md")
 LABELS = ("negative", "neutral", "positive")
@@ -33,16 +34,12 @@ DIMENSIONS = 384
 
 @pytest.fixture(scope="module")
 def folder(models_dir: Path) -> Path:
-    path = models_dir / embedding.FOLDER
-    if not (path / "model.onnx").is_file():
-        pytest.fail(f"{path / 'model.onnx'} is missing: run `make models`")
-    return path
+    return built_folder(models_dir, embedding.FOLDER)
 
 
 @pytest.fixture(scope="module")
 def card(folder: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((folder / "model_card.json").read_text())
-    return loaded
+    return read_card(folder)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from engine.sources import sha256_file
 from modelbuild import iris
 from modelbuild.build import BUILD_COMMAND
+from tests.modelbuild.conftest import built_folder, read_card
 
 FILES = ("model.onnx", "labels.json", "model_card.json", "MODEL_CARD.md")
 FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
@@ -21,16 +22,12 @@ LABELS = ["setosa", "versicolor", "virginica"]
 
 @pytest.fixture(scope="module")
 def folder(models_dir: Path) -> Path:
-    path = models_dir / iris.FOLDER
-    if not (path / "model.onnx").is_file():
-        pytest.fail(f"{path / 'model.onnx'} is missing: run `make models`")
-    return path
+    return built_folder(models_dir, iris.FOLDER)
 
 
 @pytest.fixture(scope="module")
 def card(folder: Path) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((folder / "model_card.json").read_text())
-    return loaded
+    return read_card(folder)
 
 
 @pytest.fixture(scope="module")
