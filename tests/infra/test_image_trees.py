@@ -290,6 +290,24 @@ def test_cpu_image_serves(cpu_tree: StageTree, tmp_path: Path) -> None:
     assert health["providers"] == ["CPUExecutionProvider"], health
 
 
+def test_the_cli_of_a_serving_image_runs_and_names_the_missing_tools(cpu_tree: StageTree) -> None:
+    """The image carries neither the model build nor the emulator: `mlinfer` still runs, and their
+    subcommands say how to get them instead of failing on an import."""
+    command = image_command(cpu_tree)
+    mlinfer = command[: command.index("serve")]  # the image's own way to start `mlinfer`
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*mlinfer, *args], cwd=cpu_tree.host(cpu_tree.workdir), env=cpu_tree.runtime_env(), capture_output=True, text=True, timeout=60
+        )
+
+    assert run("serve", "--help").returncode == 0
+    for args, extra in ((["build-models", "--output", "/nonexistent"], "[build]"), (["emulate"], "[emulator]")):
+        result = run(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "not installed here" in result.stderr and extra in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def gpu_present() -> bool:
     return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()
 
