@@ -6,6 +6,7 @@ The input fields of a request and the result shapes of a response come from the 
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model, model_validator
@@ -37,13 +38,14 @@ class _PredictRequestBase(BaseModel):
             raise ValueError(f"give exactly one of {described}")
         return self
 
-    @property
+    @cached_property
     def input_field(self) -> str:
         """The field that carries this request's inputs."""
         return next(name for name in INPUT_FIELDS if getattr(self, name) is not None)
 
-    @property
+    @cached_property
     def inputs(self) -> list[Any]:
+        """The inputs, in order (computed once: the data plane reads them at each step)."""
         return list(getattr(self, self.input_field))
 
 
