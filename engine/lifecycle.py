@@ -325,9 +325,10 @@ class ModelManager:
                 self._current.ensure_loaded(entry, evict=False)
             self.started = True
 
-    def status(self) -> str:
-        """``loading``, ``unavailable`` (a default version failed), ``degraded`` (another failed) or ``active``."""
-        views = self._current.views()
+    def status(self, views: list[VersionView] | None = None) -> str:
+        """``loading``, ``unavailable`` (a default version failed), ``degraded`` (another failed) or ``active``;
+        from ``views`` of the current generation when the caller already has them."""
+        views = views if views is not None else self._current.views()
         failed = {(v.name, v.version) for v in views if v.state is ModelState.FAILED}
         defaults = {(name, model.default_version) for name, model in self._current.registry.models.items()}
         if not self.started:

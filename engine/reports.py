@@ -9,7 +9,7 @@ from engine.schemas import CacheHealth, HealthReport, ModelHealth, ModelInfo, Mo
 def health_report(models: ModelManager, cache: CacheHealth) -> HealthReport:
     views = models.current.views()
     ready = [v for v in views if v.state is ModelState.READY]
-    status = models.status()
+    status = models.status(views)
     return HealthReport(
         status=status,
         ready=status in ("active", "degraded"),
