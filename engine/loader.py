@@ -31,10 +31,6 @@ class LoadedModel:
     """Every file the version was loaded from: the model, its weights and sidecars, in a stable order."""
     load_ms: float
 
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.version}"
-
 
 class ModelLoader:
     """Opens the versions of one registry's models; one source per scheme, so S3 reuses one client."""
