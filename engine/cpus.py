@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -42,3 +43,26 @@ def available_cpus(cgroup_root: Path = _CGROUP_ROOT) -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+@dataclass(frozen=True)
+class ComputeBudget:
+    """How the CPUs are shared: ``instances`` batches at once, each on ``intra_op_threads`` threads."""
+
+    instances: int
+    intra_op_threads: int
+
+
+def compute_budget(instances: int = 0, intra_op_threads: int = 0, cpus: int | None = None) -> ComputeBudget:
+    """Resolve INSTANCES and INTRA_OP_THREADS (0 = automatic) against the CPUs available.
+
+    Both automatic: one single-threaded instance per CPU, which measured best for throughput
+    (bench/RESULTS.md). One given: the other fills the CPUs. Both given: taken as they are."""
+    cpus = cpus if cpus is not None else available_cpus()
+    if instances <= 0 and intra_op_threads <= 0:
+        return ComputeBudget(instances=cpus, intra_op_threads=1)
+    if instances <= 0:
+        return ComputeBudget(instances=max(1, cpus // intra_op_threads), intra_op_threads=intra_op_threads)
+    if intra_op_threads <= 0:
+        return ComputeBudget(instances=instances, intra_op_threads=max(1, cpus // instances))
+    return ComputeBudget(instances=instances, intra_op_threads=intra_op_threads)

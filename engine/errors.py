@@ -64,6 +64,12 @@ class Overloaded(EngineError):
     code = "overloaded"
 
 
+class DeadlineExceeded(Overloaded):
+    """The request's time (REQUEST_TIMEOUT_MS) ran out before its work could run."""
+
+    code = "deadline_exceeded"
+
+
 class InferenceFailed(EngineError):
     """The runtime failed while computing a batch."""
 

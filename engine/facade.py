@@ -54,6 +54,7 @@ class InferenceEngine:
     def close(self) -> None:
         self._shadows.cancel()
         self.models.close()
+        self._predictor.close()
 
     async def aclose(self) -> None:
         """Close what belongs to the running event loop (the cache's connections), then the rest."""
@@ -79,6 +80,10 @@ class InferenceEngine:
     async def predict(self, request: PredictRequest, routing_key: str | None = None) -> PredictResponse:
         """Answer a request. ``routing_key`` (e.g. the X-Routing-Key header) keys sticky rollout;
         without it the request id does."""
+        with self.metrics.in_flight.track_inprogress():
+            return await self._predict(request, routing_key)
+
+    async def _predict(self, request: PredictRequest, routing_key: str | None) -> PredictResponse:
         started = time.perf_counter()
         generation = self.models.current  # one generation for the whole request
         request_id = request.id or uuid.uuid4().hex
@@ -94,6 +99,9 @@ class InferenceEngine:
         except EngineError as exc:
             self.metrics.requests.labels(name if known else "unknown", version, exc.code).inc()
             self.metrics.errors.labels(exc.code).inc()
+            raise
+        except asyncio.CancelledError:  # the caller went away: its queued work was dropped
+            self.metrics.requests.labels(name if known else "unknown", version, "cancelled").inc()
             raise
         results = [model.runtime.result(item, out) for item, out in zip(request.inputs, outputs, strict=True)]
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -153,7 +161,7 @@ class InferenceEngine:
         return await self._predictor.invalidate(model, version)
 
     def health(self) -> HealthReport:
-        return health_report(self.models, self._predictor.health())
+        return health_report(self.models, self._predictor.health(), require_gpu=self.settings.require_gpu)
 
     def list_models(self) -> ModelsReport:
         return models_report(self.models.current)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from engine.batcher import ComputePool
 from engine.cache import CacheConfig, build_cache
 from engine.cache.predictor import CachingPredictor
+from engine.cpus import ComputeBudget, compute_budget
 from engine.facade import InferenceEngine
 from engine.lifecycle import ModelManager
 from engine.loader import ModelLoader
@@ -32,9 +34,12 @@ def cache_config(settings: Settings) -> CacheConfig:
     )
 
 
-def build_predictor(settings: Settings, metrics: Metrics) -> Predictor:
-    """Batching, with the result cache in front of it unless CACHE_BACKEND=none."""
-    predictor: Predictor = BatchedPredictor(metrics, max_batch=settings.batch_size, max_queued=settings.max_queued_inputs)
+def build_predictor(settings: Settings, metrics: Metrics, budget: ComputeBudget) -> Predictor:
+    """Batching on one compute pool, with the result cache in front of it unless CACHE_BACKEND=none."""
+    pool = ComputePool(budget.instances, max_delay_ms=settings.max_batch_delay_ms)
+    predictor: Predictor = BatchedPredictor(
+        metrics, pool, max_batch=settings.batch_size, max_queued=settings.max_queued_inputs, timeout_s=settings.request_timeout_ms / 1000.0
+    )
     if settings.cache_backend == "none":
         return predictor
     config = cache_config(settings)
@@ -49,9 +54,16 @@ def build_predictor(settings: Settings, metrics: Metrics) -> Predictor:
 
 def build_engine(settings: Settings, registry: CollectorRegistry | None = None) -> InferenceEngine:
     """Validate the registry and wire the engine; models load on ``load()`` / ``start()``."""
-    metrics = Metrics(registry)
-    predictor = build_predictor(settings, metrics)
-    session_config = SessionConfig(intra_op_threads=settings.intra_op_threads, providers=settings.provider_list())
+    metrics = Metrics(registry, multiprocess_dir=settings.prometheus_multiproc_dir)
+    budget = compute_budget(settings.instances, settings.intra_op_threads)
+    predictor = build_predictor(settings, metrics, budget)
+    session_config = SessionConfig(
+        intra_op_threads=budget.intra_op_threads,
+        providers=settings.provider_list(),
+        # Idle runtime threads that spin take the CPU from the other instances.
+        allow_spinning=budget.instances == 1,
+        max_batch_tokens=settings.max_batch_tokens,
+    )
     loader = ModelLoader(session_config, settings.model_cache_dir)
     models = ModelManager(load_registry(settings.model_registry_path), loader, predictor, metrics, capacity=settings.model_cache_size)
     return InferenceEngine(settings, models, predictor, metrics)

@@ -312,11 +312,19 @@ class ModelManager:
         self._reload_lock = threading.Lock()
         self.started = False
         self.last_reload: ReloadReport | None = None
+        self.generation = 1
+        """Registries loaded: 1 at start, +1 per successful reload."""
+        self.reloads = 0
+        """Reloads finished, successful or not."""
 
     @property
     def current(self) -> Generation:
         """The generation a new request uses from start to end."""
         return self._current
+
+    @property
+    def gpu_requested(self) -> bool:
+        return self._services.loader.gpu_requested
 
     def load(self) -> None:
         """Load and warm the initial versions (blocking); once per cold start."""
@@ -347,6 +355,7 @@ class ModelManager:
             report = self._reload(path)
             report.duration_ms = round((time.perf_counter() - started) * 1000.0, 1)
             self.last_reload = report
+            self.reloads += 1
         self._services.metrics.registry_reloads.labels("ok" if report.ok else "failed").inc()
         (logger.info if report.ok else logger.error)("registry reload from %s: %s", path, report.model_dump(exclude_none=True))
         return report
@@ -368,6 +377,7 @@ class ModelManager:
             errors = "; ".join(f"{e.name}:{e.version}: {e.error}" for e in failed)
             return ReloadReport(ok=False, registry=str(path), error=f"new versions failed to load, kept the previous registry: {errors}")
         self._current = new
+        self.generation += 1
         old.retire([e for k, e in old_entries.items() if new_entries.get(k) is not e])
 
         def names(keys: set[Key]) -> list[str]:
@@ -377,6 +387,7 @@ class ModelManager:
         return ReloadReport(
             ok=True,
             registry=str(path),
+            registry_digest=registry.digest,
             added=names(new_entries.keys() - old_entries.keys()),
             removed=names(old_entries.keys() - new_entries.keys()),
             changed=names({k for k in kept if new_entries[k] is not old_entries[k]}),

@@ -30,6 +30,8 @@ class LoadedModel:
     files: tuple[Path, ...]
     """Every file the version was loaded from: the model, its weights and sidecars, in a stable order."""
     load_ms: float
+    instances: int | None = None
+    """The registry's cap on this version's concurrent batches (``instances:``); None: the pool's."""
 
 
 class ModelLoader:
@@ -40,6 +42,11 @@ class ModelLoader:
         self._cache_dir = cache_dir
         self._s3: S3Source | None = None
         self._local_sources: dict[Path, LocalSource] = {}
+
+    @property
+    def gpu_requested(self) -> bool:
+        """Whether the settings ask for a GPU provider: a version then running on CPU is a fallback."""
+        return self._session_config.gpu_requested()
 
     def _source(self, registry: Registry, location: str) -> ModelSource:
         if location.startswith("s3://"):
@@ -64,10 +71,12 @@ class ModelLoader:
         if spec.tokenizer:
             tokenizer_location = registry.resolve_path(spec.tokenizer)
             tokenizer_path = self._source(registry, tokenizer_location).fetch(tokenizer_location, sha256=None, sidecars=())
-        runtime = kind(ModelFiles(model=model_path, tokenizer=tokenizer_path, labels=labels), self._session_config)
+        files_in = ModelFiles(model=model_path, tokenizer=tokenizer_path, labels=labels)
+        runtime = kind(files_in, self._session_config.with_threads(spec.intra_op_threads))
         runtime.warm_up()
         beside = sorted(p for p in (model_path.parent / n for n in (*sidecars, weights)) if p.is_file())
         files = (model_path, *beside, *([tokenizer_path] if tokenizer_path else []))
-        loaded = LoadedModel(name=name, version=version, runtime=runtime, files=files, load_ms=(time.perf_counter() - started) * 1000.0)
+        load_ms = (time.perf_counter() - started) * 1000.0
+        loaded = LoadedModel(name=name, version=version, runtime=runtime, files=files, load_ms=load_ms, instances=spec.instances)
         logger.info("model %s %s ready in %.0f ms on %s", name, version, loaded.load_ms, runtime.providers)
         return loaded

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -11,8 +13,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     """The service's metrics. Labels stay bounded: model, version, outcome; never a text or id."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Several worker processes (PROMETHEUS_MULTIPROC_DIR, set by `mlinfer serve --workers N`):
+        # each writes its values to files there, and /metrics sums the files of every worker.
+        self._multiprocess_dir = multiprocess_dir
         self.requests = Counter(
             "inference_requests", "Prediction requests by outcome.", ["model", "model_version", "outcome"], registry=self.registry
         )
@@ -38,12 +43,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS_MS,
             registry=self.registry,
         )
-        self.active_models = Gauge("active_models", "Model versions loaded and ready.", registry=self.registry)
+        self.queued_inputs = Gauge(
+            "inference_queued_inputs",
+            "Inputs waiting for a model instance, per version.",
+            ["model", "model_version"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.in_flight = Gauge(
+            "inference_in_flight_requests",
+            "Prediction requests being served now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.active_models = Gauge("active_models", "Model versions loaded and ready.", registry=self.registry, multiprocess_mode="max")
         self.model_load_ms = Gauge(
             "model_load_ms",
             "Time to load and warm a model version, in milliseconds.",
             ["model", "model_version"],
             registry=self.registry,
+            multiprocess_mode="max",
         )
         self.errors = Counter("inference_errors", "Failed prediction requests by error code.", ["code"], registry=self.registry)
         self.model_loads = Counter(
@@ -75,8 +94,14 @@ class Metrics:
             registry=self.registry,
         )
         self.cache_errors = Counter("cache_errors", "Failed cache calls (counted as misses).", ["operation"], registry=self.registry)
-        self.cache_state = Gauge("cache_state", "Result cache state: 0 ok, 1 degraded, 2 open.", registry=self.registry)
+        self.cache_state = Gauge(
+            "cache_state", "Result cache state: 0 ok, 1 degraded, 2 open.", registry=self.registry, multiprocess_mode="max"
+        )
         self.registry_reloads = Counter("registry_reloads", "Registry reloads by outcome.", ["outcome"], registry=self.registry)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,8 @@ class VersionSpec(_Strict):
     description: str = ""
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Expected sha256 of the model file.")
     tokenizer: str | None = Field(None, description="tokenizer.json location; default: beside the model file.")
+    instances: int | None = Field(None, ge=1, description="At most this many of the process's instances (INSTANCES) run it at once.")
+    intra_op_threads: int | None = Field(None, ge=1, description="Runtime threads of each of its instances (default: INTRA_OP_THREADS).")
 
 
 class RolloutStrategy(_Strict):
@@ -109,6 +112,7 @@ class ModelSpec(_Strict):
 class Registry(_Strict):
     models: dict[str, ModelSpec] = Field(min_length=1)
     base_dir: Path = Path(".")
+    digest: str = Field("", description="sha256 of the registry file (first 16 hex digits): which registry a process serves.")
 
     def resolve_path(self, location: str) -> str:
         """Local paths are relative to the registry file's folder; ``s3://`` locations are kept."""
@@ -120,7 +124,8 @@ class Registry(_Strict):
 
 def load_registry(path: Path) -> Registry:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = path.read_bytes()
+        raw = yaml.safe_load(content.decode("utf-8"))
     except FileNotFoundError as exc:
         raise RegistryError(f"{path}: registry file not found (set MODEL_REGISTRY_PATH)") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -130,7 +135,8 @@ def load_registry(path: Path) -> Registry:
     if not isinstance(raw, dict):
         raise RegistryError(f"{path}: expected a mapping with a 'models' key")
     try:
-        return Registry.model_validate({**raw, "base_dir": path.resolve().parent})
+        digest = hashlib.sha256(content).hexdigest()[:16]
+        return Registry.model_validate({**raw, "base_dir": path.resolve().parent, "digest": digest})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
         raise RegistryError(f"{path}: invalid registry: {problems}") from exc

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 from engine.lifecycle import Generation, ModelManager, ModelState
 from engine.schemas import CacheHealth, HealthReport, ModelHealth, ModelInfo, ModelsReport
+from engine.session import runs_on_gpu
 
 
-def health_report(models: ModelManager, cache: CacheHealth) -> HealthReport:
+def health_report(models: ModelManager, cache: CacheHealth, *, require_gpu: bool = False) -> HealthReport:
     views = models.current.views()
     ready = [v for v in views if v.state is ModelState.READY]
     status = models.status(views)
+    fallback = [f"{v.name}:{v.version}" for v in ready if models.gpu_requested and not runs_on_gpu(v.providers)]
     return HealthReport(
         status=status,
-        ready=status in ("active", "degraded"),
+        ready=status in ("active", "degraded") and not (require_gpu and (fallback or not models.gpu_requested)),
+        gpu_fallback=fallback,
         active_models=[f"{v.name}:{v.version}" for v in ready],
         providers=sorted({p for v in ready for p in v.providers}),
         models=[
@@ -22,11 +27,15 @@ def health_report(models: ModelManager, cache: CacheHealth) -> HealthReport:
                 state=v.state.value,
                 load_ms=round(v.load_ms, 1) if v.load_ms is not None else None,
                 error=v.error,
+                providers=list(v.providers),
             )
             for v in views
         ],
         last_reload=models.last_reload,
         cache=cache,
+        registry_digest=models.current.registry.digest,
+        generation=models.generation,
+        pid=os.getpid(),
     )
 
 

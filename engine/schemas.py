@@ -96,17 +96,30 @@ class ModelHealth(BaseModel):
     state: str = Field(description="unloaded, loading, ready, failed or retired.")
     load_ms: float | None = None
     error: str | None = None
+    providers: list[str] = Field([], description="ONNX Runtime execution providers of a loaded version, best first.")
+
+
+class WorkerInfo(BaseModel):
+    """One server process, as it published itself (``mlinfer serve --workers N``, gunicorn)."""
+
+    pid: int
+    registry_digest: str = Field(description="sha256 (16 hex digits) of the registry file the worker serves.")
+    generation: int = Field(description="How many registries this worker has loaded (1 at start, +1 per successful reload).")
+    reloads: int = Field(0, description="Reloads this worker has finished, successful or not.")
+    ready: bool
 
 
 class ReloadReport(BaseModel):
     ok: bool
     registry: str
+    registry_digest: str | None = Field(None, description="sha256 (16 hex digits) of the registry now served.")
     error: str | None = None
     added: list[str] = []
     changed: list[str] = []
     removed: list[str] = []
     unchanged: list[str] = []
     duration_ms: float = 0.0
+    workers: list[WorkerInfo] | None = Field(None, description="Several workers: each one's registry once the reload reached it.")
 
 
 class HealthReport(BaseModel):
@@ -117,6 +130,13 @@ class HealthReport(BaseModel):
     models: list[ModelHealth]
     last_reload: ReloadReport | None = Field(None, description="The last registry reload, if any.")
     cache: CacheHealth | None = None
+    gpu_fallback: list[str] = Field(
+        [], description="Versions (model:version) that asked for a GPU provider but run on CPU; with REQUIRE_GPU=true, not ready."
+    )
+    registry_digest: str = Field("", description="sha256 (16 hex digits) of the registry file this process serves.")
+    generation: int = Field(1, description="Registries loaded by this process: 1 at start, +1 per successful reload.")
+    pid: int = Field(0, description="The process that answered.")
+    workers: list[WorkerInfo] | None = Field(None, description="Several workers: what each one serves.")
 
 
 class ModelInfo(BaseModel):

@@ -22,6 +22,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `mlinfer serve` binds; use 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="Port `mlinfer serve` binds.")
     workers: int = Field(1, ge=1, description="Server processes; each loads its own copy of the models.")
+    workers_dir: Path | None = Field(
+        None, description="Set by `mlinfer serve --workers N` (and the gunicorn config): where each worker publishes its state."
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        None, description="Set by `mlinfer serve --workers N` (and the gunicorn config): /metrics then sums every worker."
+    )
 
     redis_host: str = Field("localhost", description="Redis host for the result cache.")
     redis_port: int = Field(6379, description="Redis port.")
@@ -73,8 +79,27 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("max_queued_inputs", "max_queued_texts"),
         description="Inputs waiting per model version before requests get 503. Variable: MAX_QUEUED_INPUTS (or MAX_QUEUED_TEXTS).",
     )
-    intra_op_threads: int = Field(0, ge=0, description="Runtime threads per session; 0 sizes them from the CPUs available.")
+    instances: int = Field(
+        0,
+        ge=0,
+        description="Model instances: batches that run at once, across every loaded version (the process's CPU budget, "
+        "like Triton's instance_group). 0: the CPUs available divided by INTRA_OP_THREADS.",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="Runtime threads of one instance. 0: 1 when INSTANCES is 0, else the CPUs available divided by INSTANCES."
+    )
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Padded tokens (texts x longest) in one runtime call; a larger batch runs in parts."
+    )
+    max_batch_delay_ms: float = Field(
+        0.0, ge=0, description="How long a batch may wait to fill up; 0 runs whatever is queued at once (continuous batching)."
+    )
+    request_timeout_ms: int = Field(
+        30_000, ge=1, description="A request still queued after this long is dropped with 503 (deadline_exceeded)."
+    )
+    shutdown_timeout_s: float = Field(20.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish.")
     execution_providers: str = Field("auto", description="Comma-separated ONNX Runtime providers; `auto` uses CUDA when present, else CPU.")
+    require_gpu: bool = Field(False, description="Not ready (503 on /health/ready) when a version runs on CPU instead of a GPU provider.")
 
     log_level: LogLevel = Field("INFO", description="Logging verbosity.")
     enable_metrics: bool = Field(True, description="Serve Prometheus metrics on /metrics.")

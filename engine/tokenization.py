@@ -69,12 +69,13 @@ class TextTokenizer:
         """All texts as one batch, padded to the longest."""
         return self._pad(self._ids(texts))
 
-    def encode_grouped(self, texts: Sequence[str]) -> list[tuple[list[int], EncodedBatch]]:
+    def encode_grouped(self, texts: Sequence[str], max_tokens: int | None = None) -> list[tuple[list[int], EncodedBatch]]:
         """Split texts into batches of similar length: ``[(input indexes, batch), ...]``.
 
         One long text would otherwise pad a whole batch to its length. Texts are sorted by
         token count and a new group starts when padding would add more than
-        ``MAX_PADDING_OVERHEAD`` of compute over the group's real tokens.
+        ``MAX_PADDING_OVERHEAD`` of compute over the group's real tokens, or when the group's
+        padded size (texts x longest) would pass ``max_tokens``.
         """
         ids = self._ids(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -82,7 +83,9 @@ class TextTokenizer:
         real = 0
         for index in order:
             length = len(ids[index])
-            if groups and (len(groups[-1]) + 1) * length <= (1 + MAX_PADDING_OVERHEAD) * (real + length):
+            padded = (len(groups[-1]) + 1) * length if groups else 0
+            within_budget = max_tokens is None or padded <= max_tokens
+            if groups and within_budget and padded <= (1 + MAX_PADDING_OVERHEAD) * (real + length):
                 groups[-1].append(index)
                 real += length
             else:

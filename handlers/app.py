@@ -24,6 +24,7 @@ from engine.settings import Settings
 from handlers.auth import Authenticator
 from handlers.body import RequestBodyMiddleware
 from handlers.errors import error_response, install_error_handlers
+from handlers.peers import Peers
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +43,25 @@ class CacheInvalidation(BaseModel):
     deleted: int
 
 
+class Probe(BaseModel):
+    status: str
+    ready: bool
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
     return {status: {"model": ErrorBody} for status in statuses}
 
 
-def _reload_on_sighup(engine: InferenceEngine) -> None:
+def _reload_on_sighup(engine: InferenceEngine, peers: Peers) -> None:
     """Server mode: SIGHUP re-reads the registry, as POST /admin/reload does."""
     loop = asyncio.get_running_loop()
 
+    def reload() -> None:
+        engine.reload()
+        peers.publish(engine)
+
     def on_sighup() -> None:
-        loop.run_in_executor(None, engine.reload)
+        loop.run_in_executor(None, reload)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
@@ -85,22 +95,52 @@ def _token_checked_route(auth: Authenticator) -> type[APIRoute]:
     return TokenCheckedRoute
 
 
+class _Disconnected(Exception):
+    """The client went away before its answer was ready."""
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # Once the body is read, the server's next message is the disconnect: sent when the client
+    # goes, or after the response (uvicorn, Mangum).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, PredictResponse]) -> PredictResponse:
+    """Run ``work``; cancel it if the client disconnects first, so its queued inputs never run."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise _Disconnected
+    return task.result()
+
+
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None, *, manage_engine: bool = True) -> FastAPI:
     """Build the app. With ``manage_engine`` the lifespan loads the models and closes the engine;
     the Lambda edge passes an engine it already loaded and turns the lifespan off."""
     settings = settings if settings is not None else Settings()
     engine = engine if engine is not None else build_engine(settings)
     auth = Authenticator(settings)
+    peers = Peers(settings.workers_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_engine:
             await engine.start()
-            _reload_on_sighup(engine)
+            _reload_on_sighup(engine, peers)
+            peers.publish(engine)
         try:
             yield
         finally:
             if manage_engine:
+                peers.withdraw()
                 _stop_reload_on_sighup()
                 await engine.aclose()
 
@@ -124,8 +164,11 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         summary="Classify one or more texts",
         tags=["inference"],
     )
-    async def predict(body: PredictRequest, request: Request, response: Response) -> PredictResponse:
-        result = await engine.predict(body, routing_key=request.headers.get("x-routing-key"))
+    async def predict(body: PredictRequest, request: Request, response: Response) -> PredictResponse | Response:
+        try:
+            result = await _unless_disconnected(request, engine.predict(body, routing_key=request.headers.get("x-routing-key")))
+        except _Disconnected:
+            return Response(status_code=499)  # nobody reads it: the client has gone
         response.headers["X-Request-ID"] = result.request_id
         return result
 
@@ -140,7 +183,13 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     )
     async def reload(request: Request) -> ReloadReport:
         auth.check_admin(request.headers.get("x-admin-token"))
-        return await asyncio.to_thread(engine.reload_or_raise)
+        before = {info.pid: info.reloads for info in peers.records() or []}
+        report = await asyncio.to_thread(engine.reload_or_raise)
+        peers.publish(engine)
+        if peers.enabled:  # the other workers reload too; answer once each one has
+            signalled = peers.signal_others()
+            report.workers = await peers.wait_for(report.registry_digest or "", signalled, before)
+        return report
 
     @app.delete(
         f"{api}/cache",
@@ -161,7 +210,24 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.get("/health", response_model=HealthReport, responses={503: {"model": HealthReport}}, tags=["operations"])
     async def health() -> JSONResponse:
         report = engine.health()
+        report.workers = peers.records()
         return JSONResponse(report.model_dump(), status_code=200 if report.ready else 503)
+
+    @app.get("/health/live", response_model=Probe, tags=["operations"], summary="Liveness: the process answers")
+    async def live() -> Probe:
+        return Probe(status="alive", ready=engine.health().ready)
+
+    @app.get(
+        "/health/ready",
+        response_model=Probe,
+        responses={503: {"model": Probe}},
+        tags=["operations"],
+        summary="Readiness: default versions loaded and warmed (and on a GPU with REQUIRE_GPU)",
+    )
+    async def ready() -> JSONResponse:
+        report = engine.health()
+        probe = Probe(status=report.status, ready=report.ready)
+        return JSONResponse(probe.model_dump(), status_code=200 if report.ready else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:

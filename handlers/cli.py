@@ -39,8 +39,7 @@ def _tool(package: str, module: str) -> ModuleType:
 def _serve(args: argparse.Namespace) -> int:
     from handlers.server import serve
 
-    serve(Settings(), host=args.host, port=args.port, workers=args.workers)
-    return 0
+    return serve(Settings(), host=args.host, port=args.port, workers=args.workers)
 
 
 def _build_models(args: argparse.Namespace) -> int:

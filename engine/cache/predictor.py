@@ -148,6 +148,9 @@ class CachingPredictor:
     async def invalidate(self, model: str | None, version: str | None) -> int:
         return await self._current().cache.delete_prefix(key_prefix(model, version) if model is not None else "")
 
+    def close(self) -> None:
+        self._inner.close()
+
     async def aclose(self) -> None:
         if self._state is not None and self._state.loop is asyncio.get_running_loop():
             await self._state.cache.close()

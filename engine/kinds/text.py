@@ -32,6 +32,7 @@ class TextModel:
         require_files(files.model, tokenizer_path)
         self.tokenizer = TextTokenizer.from_file(tokenizer_path)
         self._session = open_session(files.model, session_config)
+        self._max_batch_tokens = session_config.max_batch_tokens
         inputs = {i.name for i in self._session.get_inputs()}
         if not REQUIRED_INPUTS <= inputs:
             raise ValueError(f"{files.model}: expected inputs {sorted(REQUIRED_INPUTS)}, graph has {sorted(inputs)}")
@@ -65,9 +66,10 @@ class TextModel:
             )
 
     def run(self, inputs: list[Any]) -> np.ndarray:
-        """One row per text, in input order; texts run in groups of similar length."""
+        """One row per text, in input order; texts run in groups of similar length, each group
+        within the token budget (texts x longest <= ``max_batch_tokens``)."""
         result = np.empty((len(inputs), self.width), dtype=np.float32)
-        for indexes, batch in self.tokenizer.encode_grouped(inputs):
+        for indexes, batch in self.tokenizer.encode_grouped(inputs, max_tokens=self._max_batch_tokens):
             feeds = batch.feeds()
             if self._takes_token_types:
                 feeds["token_type_ids"] = np.zeros_like(batch.input_ids)

@@ -1,4 +1,4 @@
-"""engine/batcher.py: continuous batching over the real v1 model.
+"""engine/batcher.py: continuous batching on a compute pool, over the real v1 model.
 
 Where a test needs work to pile up behind a running batch, the run function waits at a
 gate (a threading.Event the test opens) before calling the real model.
@@ -7,6 +7,7 @@ gate (a threading.Event the test opens) before calling the real model.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.batcher import BatchResult, ContinuousBatcher, RunFn
-from engine.errors import EngineError, Overloaded
+from engine.batcher import BatchResult, ComputePool, RunFn, VersionQueue
+from engine.errors import DeadlineExceeded, EngineError, Overloaded
 from engine.kinds import ModelFiles
 from engine.kinds.text_classification import TextClassifier
 from engine.session import SessionConfig
@@ -74,22 +75,24 @@ class GatedRun:
         return self.classifier.run(texts)
 
 
-MakeBatcher = Callable[..., ContinuousBatcher]
+MakeBatcher = Callable[..., VersionQueue]
 
 
 @pytest.fixture
 def make_batcher() -> Iterator[MakeBatcher]:
-    """Creates batchers and closes them after the test, even when it fails."""
-    created: list[ContinuousBatcher] = []
+    """Creates a version queue, each on a pool of its own (``slots``, default 1), and closes them
+    after the test, even when it fails."""
+    pools: list[ComputePool] = []
 
-    def make(run: RunFn, **kwargs: Any) -> ContinuousBatcher:
-        batcher = ContinuousBatcher(run, **kwargs)
-        created.append(batcher)
-        return batcher
+    def make(run: RunFn, *, slots: int = 1, max_delay_ms: float = 0.0, **kwargs: Any) -> VersionQueue:
+        pool = ComputePool(slots, max_delay_ms=max_delay_ms, name=f"batcher-{kwargs['name']}")
+        pools.append(pool)
+        kwargs.setdefault("instances", slots)
+        return pool.queue(run, **kwargs)
 
     yield make
-    for batcher in created:
-        batcher.close()
+    for pool in pools:
+        pool.close()
 
 
 def _result(future: Future[BatchResult]) -> BatchResult:
@@ -97,7 +100,7 @@ def _result(future: Future[BatchResult]) -> BatchResult:
 
 
 def _batcher_threads(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"batcher-{name}" and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith(f"{name}-") and t.is_alive()]
 
 
 def test_results_are_in_order_and_equal_to_each_text_alone(
@@ -241,11 +244,12 @@ def test_run_failure_reaches_the_job_and_the_worker_keeps_serving(
     assert observed.batches == [1, 1, 1, 1]
 
 
-def test_close_stops_the_worker_thread(classifier: TextClassifier) -> None:
-    batcher = ContinuousBatcher(classifier.run, max_batch=8, max_queued=100, name="closing")
-    assert len(_batcher_threads("closing")) == 1
+def test_close_stops_the_worker_threads(classifier: TextClassifier) -> None:
+    pool = ComputePool(2, name="closing")
+    batcher = pool.queue(classifier.run, name="closing-v1", max_batch=8, max_queued=100, instances=2)
+    assert len(_batcher_threads("closing")) == 2
     _result(batcher.submit(TEXTS[:2]))
-    batcher.close()
+    pool.close()
     assert _batcher_threads("closing") == []
     with pytest.raises(RuntimeError, match="batcher is closed"):
         batcher.submit(TEXTS[:1])
@@ -253,10 +257,11 @@ def test_close_stops_the_worker_thread(classifier: TextClassifier) -> None:
 
 def test_close_finishes_work_queued_before_it(classifier: TextClassifier, alone: dict[str, np.ndarray]) -> None:
     run = GatedRun(classifier)
-    batcher = ContinuousBatcher(run, max_batch=3, max_queued=100, name="draining")
+    pool = ComputePool(1, name="draining")
+    batcher = pool.queue(run, name="draining-v1", max_batch=3, max_queued=100, instances=1)
     futures = [batcher.submit([text]) for text in TEXTS]
     assert run.entered.wait(TIMEOUT)
-    closer = threading.Thread(target=batcher.close)
+    closer = threading.Thread(target=pool.close)
     closer.start()
     run.gate.set()
     closer.join(TIMEOUT)
@@ -265,3 +270,133 @@ def test_close_finishes_work_queued_before_it(classifier: TextClassifier, alone:
     for text, future in zip(TEXTS, futures, strict=True):
         assert future.done()
         np.testing.assert_allclose(future.result(timeout=0).outputs[0], alone[text], atol=1e-4)
+
+
+class ConcurrencyProbe:
+    """A run function that records how many runs overlap, per version and in all."""
+
+    def __init__(self, classifier: TextClassifier, hold_s: float = 0.05) -> None:
+        self.classifier = classifier
+        self.hold_s = hold_s
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+        self.threads: set[str] = set()
+
+    def run_for(self, peaks: dict[str, int], version: str) -> RunFn:
+        running = {"now": 0}
+
+        def run(texts: list[str]) -> np.ndarray:
+            with self._lock:
+                self.now += 1
+                running["now"] += 1
+                self.peak = max(self.peak, self.now)
+                peaks[version] = max(peaks.get(version, 0), running["now"])
+                self.threads.add(threading.current_thread().name)
+            try:
+                time.sleep(self.hold_s)  # holds the instance long enough for the others to pile up
+                return self.classifier.run(texts)
+            finally:
+                with self._lock:
+                    self.now -= 1
+                    running["now"] -= 1
+
+        return run
+
+
+def test_instances_run_one_versions_batches_in_parallel_and_results_stay_exact(
+    classifier: TextClassifier, alone: dict[str, np.ndarray]
+) -> None:
+    probe = ConcurrencyProbe(classifier)
+    peaks: dict[str, int] = {}
+    pool = ComputePool(3, name="instances")
+    try:
+        batcher = pool.queue(probe.run_for(peaks, "v1"), name="instances-v1", max_batch=2, max_queued=1000, instances=3)
+        futures = [(text, batcher.submit([text])) for text in TEXTS * 3]
+        for text, future in futures:
+            np.testing.assert_allclose(_result(future).outputs[0], alone[text], atol=1e-4)
+    finally:
+        pool.close()
+    assert peaks["v1"] == 3, peaks  # three instances at once, no more
+    assert len(probe.threads) == 3
+
+
+def test_one_cpu_budget_is_shared_by_every_version_and_the_registry_cap_holds(
+    classifier: TextClassifier, alone: dict[str, np.ndarray]
+) -> None:
+    """Two versions (a canary split) on a pool of 2 slots never run more than 2 batches at once;
+    a version capped at 1 instance never runs 2."""
+    probe = ConcurrencyProbe(classifier)
+    peaks: dict[str, int] = {}
+    pool = ComputePool(2, name="budget")
+    try:
+        v1 = pool.queue(probe.run_for(peaks, "v1"), name="budget-v1", max_batch=2, max_queued=1000, instances=2)
+        v2 = pool.queue(probe.run_for(peaks, "v2"), name="budget-v2", max_batch=2, max_queued=1000, instances=1)
+        futures = [(text, (v1 if i % 3 else v2).submit([text])) for i, text in enumerate(TEXTS * 4)]
+        for text, future in futures:
+            np.testing.assert_allclose(_result(future).outputs[0], alone[text], atol=1e-4)
+    finally:
+        pool.close()
+    assert probe.peak == 2, probe.peak
+    assert peaks["v2"] == 1 and peaks["v1"] == 2, peaks
+
+
+def test_versions_are_served_oldest_work_first(classifier: TextClassifier) -> None:
+    """A free instance takes the version whose oldest job waited longest: a busy version cannot starve another."""
+    order: list[str] = []
+    gate = GatedRun(classifier)
+
+    def tagged(tag: str) -> RunFn:
+        def run(texts: list[str]) -> np.ndarray:
+            order.append(tag)
+            return classifier.run(texts)
+
+        return run
+
+    pool = ComputePool(1, name="fair")
+    try:
+        blocker = pool.queue(gate, name="fair-blocker", max_batch=1, max_queued=100, instances=1)
+        v1 = pool.queue(tagged("v1"), name="fair-v1", max_batch=1, max_queued=100, instances=1)
+        v2 = pool.queue(tagged("v2"), name="fair-v2", max_batch=1, max_queued=100, instances=1)
+        first = blocker.submit(TEXTS[:1])
+        assert gate.entered.wait(TIMEOUT)
+        futures = [v1.submit([TEXTS[1]]), v1.submit([TEXTS[2]]), v2.submit([TEXTS[3]]), v1.submit([TEXTS[4]])]
+        gate.gate.set()
+        for future in [first, *futures]:
+            _result(future)
+    finally:
+        pool.close()
+    assert order == ["v1", "v1", "v2", "v1"]
+
+
+def test_work_past_its_deadline_is_dropped_before_it_runs(classifier: TextClassifier, make_batcher: MakeBatcher) -> None:
+    observed = Observed()
+    run = GatedRun(classifier)
+    batcher = make_batcher(run, max_batch=8, max_queued=100, name="deadline", observe=observed)
+    first = batcher.submit(TEXTS[:1])
+    assert run.entered.wait(TIMEOUT)
+    late = batcher.submit(TEXTS[1:3], deadline=time.monotonic() + 0.05)
+    kept = batcher.submit(TEXTS[3:4], deadline=time.monotonic() + TIMEOUT)
+    time.sleep(0.1)
+    run.gate.set()
+    _result(first)
+    _result(kept)
+    with pytest.raises(DeadlineExceeded, match="deadline passed after"):
+        _result(late)
+    assert observed.batches == [1, 1]  # the late job's two texts never ran
+
+
+def test_max_delay_waits_for_a_batch_to_fill_and_no_longer(classifier: TextClassifier, make_batcher: MakeBatcher) -> None:
+    observed = Observed()
+    batcher = make_batcher(classifier.run, max_batch=4, max_queued=100, name="delay", observe=observed, max_delay_ms=300)
+    started = time.monotonic()
+    lone = batcher.submit(TEXTS[:1])
+    _result(lone)
+    waited = time.monotonic() - started
+    assert 0.25 <= waited < 5, waited  # a lone request waits out the delay, then runs
+    started = time.monotonic()
+    full = [batcher.submit([text]) for text in TEXTS[:4]]  # a full batch runs at once
+    for future in full:
+        assert _result(future).batch_size == 4
+    assert time.monotonic() - started < 0.25
+    assert observed.batches == [1, 4]

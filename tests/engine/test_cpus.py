@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cpus import available_cpus
+from engine.cpus import available_cpus, compute_budget
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -98,3 +98,19 @@ def test_a_narrower_affinity_mask_wins_over_a_larger_quota(tmp_path: Path) -> No
     finally:
         os.sched_setaffinity(0, original)
     assert available_cpus(root) == AFFINITY
+
+
+@pytest.mark.parametrize(
+    ("instances", "threads", "cpus", "expected"),
+    [
+        (0, 0, 4, (4, 1)),  # automatic: one single-threaded instance per CPU
+        (1, 0, 4, (1, 4)),  # one instance takes every CPU
+        (0, 2, 4, (2, 2)),
+        (0, 8, 4, (1, 8)),
+        (3, 2, 4, (3, 2)),  # both given: as they are
+        (0, 0, 1, (1, 1)),
+    ],
+)
+def test_compute_budget_fills_the_cpus(instances: int, threads: int, cpus: int, expected: tuple[int, int]) -> None:
+    budget = compute_budget(instances, threads, cpus=cpus)
+    assert (budget.instances, budget.intra_op_threads) == expected

@@ -45,11 +45,21 @@ def test_cpu_is_appended_as_fallback_and_duplicates_dropped() -> None:
     )
 
 
-def test_unavailable_provider_raises_a_clear_value_error() -> None:
-    with pytest.raises(ValueError, match=r"execution provider 'NoSuchExecutionProvider' is not available") as info:
+def test_unknown_provider_raises_a_clear_value_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown execution provider 'NoSuchExecutionProvider'") as info:
         SessionConfig(providers=("NoSuchExecutionProvider",)).resolved_providers()
     # The message lists what this build does offer.
     assert CPU_PROVIDER in str(info.value)
+
+
+def test_a_known_provider_this_build_lacks_falls_back_to_cpu_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    missing = next(p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p not in ort.get_available_providers())
+    config = SessionConfig(providers=(missing, CPU_PROVIDER))
+    with caplog.at_level("WARNING", logger="engine.session"):
+        assert config.resolved_providers() == [CPU_PROVIDER]
+    assert f"execution provider {missing} is not in this onnxruntime build" in caplog.text
+    assert config.gpu_requested()  # what /health reports as a fallback
+    assert not SessionConfig(providers=(CPU_PROVIDER,)).gpu_requested()
 
 
 def test_unavailable_provider_fails_open_session_before_loading() -> None:

@@ -124,3 +124,16 @@ def test_save_round_trips_the_batch_padding(shipped_tokenizer_path: Path, tmp_pa
         reloaded.encode([SHORT, LONGER]).input_ids.tolist()
         == TextTokenizer.from_file(shipped_tokenizer_path).encode([SHORT, LONGER]).input_ids.tolist()
     )
+
+
+def test_grouped_batches_stay_within_the_token_budget(shipped: TextTokenizer) -> None:
+    texts = [f"sentence number {i} with a handful of ordinary words in it" for i in range(40)]
+    counts = shipped.token_counts(texts)
+    budget = 4 * max(counts)
+    groups = shipped.encode_grouped(texts, max_tokens=budget)
+    assert sorted(i for indexes, _ in groups for i in indexes) == list(range(len(texts)))
+    for indexes, batch in groups:
+        assert batch.input_ids.shape[0] * batch.input_ids.shape[1] <= budget
+        assert len(indexes) <= 4
+    # Without a budget the same texts need fewer, larger runs.
+    assert len(shipped.encode_grouped(texts)) < len(groups)

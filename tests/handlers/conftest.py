@@ -26,8 +26,8 @@ class LiveServer:
     log_path: Path
 
 
-def start_server(log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``mlinfer serve`` and wait until /health says ready; fail with its log otherwise."""
+def start_server(log_path: Path, *args: str, **env_overrides: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``mlinfer serve`` (with ``args``) and wait until /health says ready; fail with its log otherwise."""
     port = free_port()
     env = {
         **os.environ,
@@ -38,7 +38,7 @@ def start_server(log_path: Path, **env_overrides: str) -> tuple[subprocess.Popen
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "handlers.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "handlers.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

@@ -1,0 +1,144 @@
+"""handlers/server.py: one ``mlinfer serve`` process: probes, drain on SIGTERM, work dropped for a client that left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from tests.conftest import REPO_ROOT
+from tests.handlers.conftest import TOKEN, LiveServer, start_server, stop_server
+from tests.handlers.test_supervisor import metric_sum, until
+from tests.network import free_port
+from tests.registries import sentiment, write_registry
+
+LONG = " ".join(["an honest, patient and quietly moving film about two brothers"] * 8)
+
+
+def long_texts(tag: str, count: int) -> list[str]:
+    return [f"{LONG} {tag} {i}" for i in range(count)]
+
+
+def test_live_and_ready_probes(live_server: LiveServer) -> None:
+    live = httpx.get(f"{live_server.base_url}/health/live")
+    assert live.status_code == 200 and live.json()["status"] == "alive"
+    ready = httpx.get(f"{live_server.base_url}/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"status": "active", "ready": True}
+
+
+def test_require_gpu_without_a_gpu_is_live_but_not_ready(tmp_path: Path) -> None:
+    # Started here, not with start_server: its wait for /health 200 would never end, on purpose.
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+    port = free_port()
+    env = {
+        **os.environ,
+        "AUTH_TOKEN": TOKEN,
+        "MODEL_REGISTRY_PATH": str(registry),
+        "REQUIRE_GPU": "true",
+        "EXECUTION_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider",
+        "LOG_LEVEL": "WARNING",
+    }
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "handlers.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def live() -> bool:
+            try:
+                return httpx.get(f"{base}/health/live").status_code == 200
+            except httpx.TransportError:
+                return server.poll() is not None
+
+        until(live, "the server answers /health/live")
+        assert server.poll() is None, log_path.read_text()
+        ready = httpx.get(f"{base}/health/ready")
+        assert ready.status_code == 503, ready.text
+        health = httpx.get(f"{base}/health").json()
+        assert health["ready"] is False
+        assert "sentiment_analysis:v1" in health["gpu_fallback"]
+        assert health["models"][0]["providers"] == ["CPUExecutionProvider"]
+        assert "falling back" in log_path.read_text() or "CPU fallback" in log_path.read_text()
+    finally:
+        stop_server(server)
+
+
+def _post(base_url: str, texts: list[str], results: list[int]) -> None:
+    with httpx.Client(base_url=base_url, timeout=120.0) as client:
+        reply = client.post("/api/v1/predict", json={"texts": texts, "model_version": "v1"}, headers={"X-Token": TOKEN})
+        results.append(reply.status_code)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+    process, base_url = start_server(
+        tmp_path / "server.log", MODEL_REGISTRY_PATH=str(registry), INSTANCES="1", CACHE_BACKEND="none", SHUTDOWN_TIMEOUT_S="60"
+    )
+    statuses: list[int] = []
+    clients = [threading.Thread(target=_post, args=(base_url, long_texts(f"c{i}", 128), statuses)) for i in range(4)]
+    try:
+        for thread in clients:
+            thread.start()
+        until(lambda: metric_sum(httpx.get(f"{base_url}/metrics").text, "inference_in_flight_requests") == 4, "4 requests in flight")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        for thread in clients:
+            thread.join(120)
+        assert process.wait(timeout=90) == 0
+        assert statuses == [200, 200, 200, 200]
+        assert time.monotonic() - started < 60
+        # Once drained, the port is closed.
+        port = urlsplit(base_url).port
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        stop_server(process)
+
+
+def test_work_of_a_client_that_disconnected_never_runs(tmp_path: Path) -> None:
+    registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
+    process, base_url = start_server(
+        tmp_path / "server.log", MODEL_REGISTRY_PATH=str(registry), INSTANCES="1", CACHE_BACKEND="none", BATCH_SIZE="8"
+    )
+    try:
+        statuses: list[int] = []
+        blocker = threading.Thread(target=_post, args=(base_url, long_texts("blocker", 96), statuses))
+        blocker.start()
+        until(lambda: metric_sum(httpx.get(f"{base_url}/metrics").text, "inference_in_flight_requests") == 1, "the blocker in flight")
+        body = json.dumps({"texts": long_texts("gone", 96), "model_version": "v1"}).encode()
+        head = (
+            f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-Token: {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        port = urlsplit(base_url).port
+        with socket.create_connection(("127.0.0.1", port)) as gone:
+            gone.sendall(head.encode() + body)
+            until(lambda: metric_sum(httpx.get(f"{base_url}/metrics").text, "inference_in_flight_requests") == 2, "both in flight")
+        blocker.join(120)
+        assert statuses == [200]
+
+        def cancel_counted() -> bool:
+            return metric_sum(httpx.get(f"{base_url}/metrics").text, "inference_requests_total", outcome="cancelled") == 1
+
+        until(cancel_counted, "the cancel counted")
+        text = httpx.get(f"{base_url}/metrics").text
+        ran = metric_sum(text, "inference_batch_size_sum", model_version="v1")
+        assert ran < 96 + 96, f"{ran} inputs ran: the departed client's work should have been dropped"
+        assert metric_sum(text, "inference_in_flight_requests") == 0
+    finally:
+        stop_server(process)
