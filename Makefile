@@ -69,7 +69,22 @@ $(TOOLS_STAMP): infra/tools-requirements.txt | $(BIN)/python
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/tools-requirements.txt
 	@touch $@
 
-test: setup redis-server tools
+# docker-compose (compose config) and promtool (Debian's prometheus package) for tests/infra.
+.PHONY: system-tools
+system-tools:
+	@missing=""; \
+	command -v docker-compose >/dev/null || missing="docker-compose"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
+	else \
+		echo "tests/infra needs$$missing: run 'sudo apt-get install$$missing' and rerun" >&2; exit 1; \
+	fi
+
+test: setup redis-server tools system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -83,9 +98,19 @@ typecheck: $(STAMP)
 emulate: setup
 	$(BIN)/mlinfer emulate $(EMULATE_ARGS)
 
-.PHONY: emulate
-bench: setup
+.PHONY: emulate bench-serving
+# In-process: raw ONNX Runtime vs the engine vs one HTTP client (bench/RESULTS.md).
+bench-serving: setup
 	$(BIN)/python bench/bench_serving.py
+
+# Container mode against the naive peers under wrk (bench/RESULTS.md); ~17 min on an idle machine.
+bench: setup
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing wrk with apt-get"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else echo "install wrk: sudo apt-get install wrk" >&2; exit 1; fi; }
+	$(BIN)/pip install --quiet "matplotlib>=3.8"
+	$(BIN)/python bench/bench_wrk.py --markdown --plot bench/throughput_vs_concurrency.png
 
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,14 @@ def tool(name: str) -> Path:
     if not path.is_file():
         pytest.fail(f"{path} is missing: run `make tools` (`make test` does) to install the infrastructure linters in .venv-tools")
     return path
+
+
+def system_tool(name: str, apt_package: str) -> str:
+    """A checker that comes from a Debian package on PATH (not from .venv-tools); fail, naming the package, when missing."""
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"`{name}` is not on PATH: install it with `sudo apt-get install -y {apt_package}` (`make tools` does, as root)")
+    return found
 
 
 def tool_env() -> dict[str, str]:
