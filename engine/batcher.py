@@ -148,10 +148,13 @@ class VersionQueue:
     def _oldest(self) -> float:
         return self._jobs[0].enqueued
 
-    def _take(self, now: float) -> _Picked:
+    def _take(self, now: float, share: int) -> _Picked:
+        """Jobs for one batch: at most ``max_batch`` inputs, and about ``share`` of them when
+        other instances are free to take the rest at once."""
         picked = _Picked(self, [])
         size = 0
-        while self._jobs and size + len(self._jobs[0].inputs) <= self._max_batch:
+        limit = min(self._max_batch, max(1, share))
+        while self._jobs and (size == 0 or size + len(self._jobs[0].inputs) <= limit):
             job = self._jobs.popleft()
             self._queued -= len(job.inputs)
             if job.deadline is not None and job.deadline <= now:
@@ -216,6 +219,7 @@ class ComputePool:
         self._delay_s = max(0.0, max_delay_ms) / 1000.0
         self.condition = threading.Condition()
         self._queues: list[VersionQueue] = []
+        self._running = 0  # batches running now, every version together
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(slots)]
         for thread in self._threads:
@@ -259,7 +263,9 @@ class ComputePool:
             elif best is None or queue._oldest() < best._oldest():
                 best = queue
         if best is not None:
-            return best._take(now), None
+            # Free instances split what is queued, so they all start now instead of one taking everything.
+            free = min(self.slots - self._running, best.instances - best._running)
+            return best._take(now, share=-(-best._queued // max(1, free))), None
         return None, (None if wake is None else wake - now)
 
     def _work(self) -> None:
@@ -268,6 +274,7 @@ class ComputePool:
                 while True:
                     picked, wait = self._pick()
                     if picked is not None:
+                        self._running += 1 if picked.jobs else 0
                         break
                     if self._closed:
                         return
@@ -280,5 +287,6 @@ class ComputePool:
                 with self.condition:
                     if picked.jobs:
                         picked.queue._finished()
+                        self._running -= 1
                     # A worker may be waiting for this version's instance cap, or for a drain.
                     self.condition.notify_all()

@@ -55,13 +55,13 @@ def build_predictor(settings: Settings, metrics: Metrics, budget: ComputeBudget)
 def build_engine(settings: Settings, registry: CollectorRegistry | None = None) -> InferenceEngine:
     """Validate the registry and wire the engine; models load on ``load()`` / ``start()``."""
     metrics = Metrics(registry, multiprocess_dir=settings.prometheus_multiproc_dir)
-    budget = compute_budget(settings.instances, settings.intra_op_threads)
+    budget = compute_budget(settings.instances, settings.intra_op_threads, cpus=settings.worker_cpus or None)
     predictor = build_predictor(settings, metrics, budget)
     session_config = SessionConfig(
         intra_op_threads=budget.intra_op_threads,
         providers=settings.provider_list(),
-        # Idle runtime threads that spin take the CPU from the other instances.
-        allow_spinning=budget.instances == 1,
+        # Idle runtime threads that spin take the CPU from the other instances (or worker processes).
+        allow_spinning=budget.instances == 1 and settings.worker_cpus == 0,
         max_batch_tokens=settings.max_batch_tokens,
     )
     loader = ModelLoader(session_config, settings.model_cache_dir)

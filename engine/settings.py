@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `mlinfer serve` binds; use 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="Port `mlinfer serve` binds.")
     workers: int = Field(1, ge=1, description="Server processes; each loads its own copy of the models.")
+    worker_cpus: int = Field(
+        0,
+        ge=0,
+        description="CPUs this process's models may use; 0: every CPU available. `mlinfer serve --workers N` gives each its share.",
+    )
     workers_dir: Path | None = Field(
         None, description="Set by `mlinfer serve --workers N` (and the gunicorn config): where each worker publishes its state."
     )
@@ -96,6 +101,9 @@ class Settings(BaseSettings):
     )
     request_timeout_ms: int = Field(
         30_000, ge=1, description="A request still queued after this long is dropped with 503 (deadline_exceeded)."
+    )
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, description="Server processes: Python's thread switch interval (sys.setswitchinterval; Python's default is 5)."
     )
     shutdown_timeout_s: float = Field(20.0, gt=0, description="On SIGTERM, how long in-flight requests may take to finish.")
     execution_providers: str = Field("auto", description="Comma-separated ONNX Runtime providers; `auto` uses CUDA when present, else CPU.")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from engine.cpus import available_cpus
+
 logger = logging.getLogger("handlers.supervisor")
 
 _EARLY_EXIT_S = 10.0
@@ -91,7 +93,13 @@ class Supervisor:
         workers_dir.mkdir()
         holder = listening_socket(self.host, self.port, listen=False)
         self.port = holder.getsockname()[1]
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "WORKERS_DIR": str(workers_dir)}
+        env = {
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "WORKERS_DIR": str(workers_dir),
+            # Each worker sizes its instances from its share of the CPUs: N workers never oversubscribe.
+            "WORKER_CPUS": os.environ.get("WORKER_CPUS") or str(max(1, available_cpus() // self.count)),
+        }
         wake_read, wake_write = socket.socketpair()
         wake_read.setblocking(False)
         wake_write.setblocking(False)
