@@ -118,10 +118,10 @@ class Setup:
 # mlinfer serve configurations: (name, label, environment, CLI arguments). The first is the defaults.
 # Settings not known to engine.settings.Settings (yet) are flagged at start, not rejected.
 OURS_CONFIGS: tuple[tuple[str, str, Mapping[str, str], tuple[str, ...]], ...] = (
-    ("ours", "mlinfer serve (defaults)", {}, ()),
-    ("ours-i1t2", "mlinfer serve INSTANCES=1 (1 instance x 2 threads)", {"INSTANCES": "1"}, ()),
-    ("ours-w2", "mlinfer serve --workers 2 (each 1 instance x 1 thread)", {}, ("--workers", "2")),
-    ("ours-w2t2", "mlinfer serve --workers 2 INTRA_OP_THREADS=2", {"INTRA_OP_THREADS": "2"}, ("--workers", "2")),
+    ("ours", "mlinfer serve (defaults: a worker per CPU, each 1 instance x all CPUs' threads)", {}, ()),
+    ("ours-1proc", "mlinfer serve WORKERS=1 (1 process, an instance per CPU x 1 thread)", {"WORKERS": "1"}, ()),
+    ("ours-1proc-i1", "mlinfer serve WORKERS=1 INSTANCES=1 (1 instance x 2 threads)", {"WORKERS": "1", "INSTANCES": "1"}, ()),
+    ("ours-w2t1", "mlinfer serve --workers 2 INTRA_OP_THREADS=1", {"INTRA_OP_THREADS": "1"}, ("--workers", "2")),
 )
 # Environment of every mlinfer serve: every text runs the model.
 OURS_BASE_ENV = {"CACHE_BACKEND": "none", "LOG_LEVEL": "WARNING", "ENABLE_METRICS": "true"}

@@ -53,13 +53,30 @@ class ComputeBudget:
     intra_op_threads: int
 
 
-def compute_budget(instances: int = 0, intra_op_threads: int = 0, cpus: int | None = None) -> ComputeBudget:
+AUTO_WORKER_THREADS = 4
+"""The most runtime threads an automatic worker instance gets (measured on 2 CPUs only)."""
+
+
+def compute_budget(
+    instances: int = 0, intra_op_threads: int = 0, cpus: int | None = None, machine_cpus: int | None = None
+) -> ComputeBudget:
     """Resolve INSTANCES and INTRA_OP_THREADS (0 = automatic) against the CPUs available.
 
-    Both automatic: one single-threaded instance per CPU, which measured best for throughput
-    (bench/RESULTS.md). One given: the other fills the CPUs. Both given: taken as they are."""
-    cpus = cpus if cpus is not None else available_cpus()
+    ``cpus`` is this process's share (``WORKER_CPUS``), ``machine_cpus`` what the machine gives
+    the process (affinity and cgroup quota); both default to the latter. Both automatic:
+
+    - one process: one single-threaded instance per CPU;
+    - one of several worker processes with one CPU each (``mlinfer serve`` by default): one
+      instance whose threads span the machine (at most ``AUTO_WORKER_THREADS``), not spinning,
+      so a lone request uses every core while, under load, the workers share them. This measured
+      best on 2 CPUs (bench/RESULTS.md).
+
+    One given: the other fills the share. Both given: taken as they are."""
+    machine = machine_cpus if machine_cpus is not None else available_cpus()
+    cpus = cpus if cpus is not None else machine
     if instances <= 0 and intra_op_threads <= 0:
+        if cpus == 1 and machine > 1:
+            return ComputeBudget(instances=1, intra_op_threads=min(machine, AUTO_WORKER_THREADS))
         return ComputeBudget(instances=cpus, intra_op_threads=1)
     if instances <= 0:
         return ComputeBudget(instances=max(1, cpus // intra_op_threads), intra_op_threads=intra_op_threads)

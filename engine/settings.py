@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     api_v1_str: str = Field("/api/v1", description="Prefix of the versioned API routes.")
     host: str = Field("127.0.0.1", description="Address `mlinfer serve` binds; use 0.0.0.0 inside a container.")
     port: int = Field(8000, ge=0, le=65535, description="Port `mlinfer serve` binds.")
-    workers: int = Field(1, ge=1, description="Server processes; each loads its own copy of the models.")
+    workers: int = Field(
+        0, ge=0, description="Server processes (`mlinfer serve`); each loads its own models. 0: one per CPU available (measured best)."
+    )
     worker_cpus: int = Field(
         0,
         ge=0,

@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the registry's models over HTTP")
     serve.add_argument("--host", help="address to bind (default: HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: PORT, 8000)")
-    serve.add_argument("--workers", type=int, help="server processes (default: WORKERS, 1)")
+    serve.add_argument("--workers", type=int, help="server processes (default: WORKERS, else one per CPU)")
     serve.set_defaults(run=_serve)
 
     build = commands.add_parser("build-models", help="build the default models (needs the build extra)")

@@ -112,5 +112,18 @@ def test_a_narrower_affinity_mask_wins_over_a_larger_quota(tmp_path: Path) -> No
     ],
 )
 def test_compute_budget_fills_the_cpus(instances: int, threads: int, cpus: int, expected: tuple[int, int]) -> None:
-    budget = compute_budget(instances, threads, cpus=cpus)
+    budget = compute_budget(instances, threads, cpus=cpus, machine_cpus=cpus)
+    assert (budget.instances, budget.intra_op_threads) == expected
+
+
+@pytest.mark.parametrize(
+    ("share", "machine", "expected"),
+    [
+        (1, 2, (1, 2)),  # mlinfer serve's default on 2 CPUs: 2 workers x 1 instance x 2 threads
+        (1, 16, (1, 4)),  # threads capped at AUTO_WORKER_THREADS
+        (4, 16, (4, 1)),  # WORKERS=4 on 16 CPUs: each worker's share as single-threaded instances
+    ],
+)
+def test_a_worker_process_budget_from_its_share(share: int, machine: int, expected: tuple[int, int]) -> None:
+    budget = compute_budget(cpus=share, machine_cpus=machine)
     assert (budget.instances, budget.intra_op_threads) == expected

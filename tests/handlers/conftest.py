@@ -26,11 +26,12 @@ class LiveServer:
     log_path: Path
 
 
-def start_server(log_path: Path, *args: str, **env_overrides: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``mlinfer serve`` (with ``args``) and wait until /health says ready; fail with its log otherwise."""
+def start_server(log_path: Path, *args: str, unset: tuple[str, ...] = (), **env_overrides: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``mlinfer serve`` (with ``args``; ``unset`` removed from the environment) and wait until
+    /health says ready; fail with its log otherwise."""
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in unset},
         "AUTH_TOKEN": TOKEN,
         "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
         "LOG_LEVEL": "WARNING",

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engine.cpus import available_cpus
 from tests.conftest import REPO_ROOT
 from tests.handlers.conftest import TOKEN, start_server, stop_server
 from tests.network import free_port, wait_until_ready
@@ -215,3 +216,18 @@ def test_the_seeds_gunicorn_command_sums_metrics_and_reloads_every_worker(regist
             process.kill()
             process.wait()
     assert not re.search(r"Traceback|Exception in ASGI", log_path.read_text()), log_path.read_text()[-3000:]
+
+
+def test_the_default_is_one_worker_per_cpu(registry: Path, tmp_path: Path) -> None:
+    """What `make serve` and the CPU image run: no --workers, no WORKERS."""
+    unset = ("WORKERS", "INSTANCES", "INTRA_OP_THREADS", "WORKER_CPUS")
+    process, base_url = start_server(tmp_path / "server.log", unset=unset, MODEL_REGISTRY_PATH=str(registry))
+    try:
+        cpus = available_cpus()
+        if cpus == 1:
+            assert fresh_get(base_url, "/health").json()["workers"] is None
+            return
+        until(lambda: len(fresh_get(base_url, "/health").json()["workers"] or []) == cpus, f"{cpus} workers published")
+        assert predict(base_url, "the default serves").status_code == 200
+    finally:
+        stop_server(process)

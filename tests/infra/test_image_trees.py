@@ -325,3 +325,6 @@ def test_gpu_image_serves_falling_back_to_cpu_without_a_gpu(gpu_tree: StageTree,
         # libraries: "Failed to create CUDAExecutionProvider" in the log) and the sessions run on CPU.
         assert health["providers"] == ["CPUExecutionProvider"], (health, log[-4000:])
         assert "CUDAExecutionProvider" in log, log[-4000:]
+        # The fallback is named, not silent: in /health, and in the log.
+        assert "sentiment_analysis:v1" in health["gpu_fallback"], health
+        assert "CPU fallback" in log, log[-4000:]

@@ -438,6 +438,7 @@ def test_gpu_image_serves_on_cpu_without_cuda(gpu_image: Built, tmp_path: Path) 
     assert env["EXECUTION_PROVIDERS"] == "CUDAExecutionProvider,CPUExecutionProvider"
     health, body, log = serve_in_image(gpu_image, tmp_path)
     assert health["providers"] == ["CPUExecutionProvider"], (health, log[-4000:])
+    assert "sentiment_analysis:v1" in health["gpu_fallback"], health
     assert body["results"][0]["prediction"] == "positive", body
     plain = re.sub(r"\x1b\[[0-9;]*m", "", log)
     fallback = sorted({re.sub(r"^.*?\] ", "", line) for line in plain.splitlines() if "CUDA" in line})
