@@ -22,8 +22,9 @@ def batch_inputs(engine: InferenceEngine, version: str) -> float:
     return value or 0.0
 
 
-def runtime_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("batcher-")}
+def runtime_threads() -> set[threading.Thread]:
+    """The live compute-pool threads (objects: other engines' pools use the same names)."""
+    return {t for t in threading.enumerate() if t.name.startswith("batcher-")}
 
 
 def test_default_budget_is_one_single_threaded_instance_per_cpu(models_dir: Path, tmp_path: Path) -> None:
