@@ -20,6 +20,14 @@ REQUIRED_INPUTS = {"input_ids", "attention_mask"}
 _WARMUP_TEXTS = ["warm up", "a somewhat longer sentence to warm up a second sequence length in the same batch"]
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class TextModel:
     """Base of the text kinds: opens the tokenizer and the session, checks and runs texts."""
 
@@ -58,6 +66,13 @@ class TextModel:
         bad = [i for i, text in enumerate(inputs) if not isinstance(text, str)]
         if bad:
             raise InvalidInput("this model takes texts: every input must be a string", details={"indexes": bad[:MAX_DETAILS]})
+        unencodable = [i for i, text in enumerate(inputs) if not _encodable(text)]
+        if unencodable:
+            # e.g. a lone surrogate ("\ud800" in JSON): the tokenizer would fail the whole shared batch.
+            raise InvalidInput(
+                "every text must be valid Unicode: a lone surrogate (e.g. \\ud800) cannot be encoded",
+                details={"indexes": unencodable[:MAX_DETAILS]},
+            )
         too_long = [i for i, text in enumerate(inputs) if len(text) > limits.max_text_chars]
         if too_long:
             raise PayloadTooLarge(

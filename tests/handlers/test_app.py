@@ -428,3 +428,25 @@ def test_cache_invalidation_over_http(client: httpx.Client, live_server: LiveSer
     assert (model.status_code, model.json()) == (200, {"deleted": 2})
     _assert_error(version_only, 422, "invalid_input")
     _assert_error(wrong, 401, "unauthorized")
+
+
+def test_a_lone_surrogate_gets_422_and_never_fails_other_requests(live_server: LiveServer) -> None:
+    """Poisoned and clean requests at once: each poisoned one gets 422 naming the index, every clean one 200."""
+    poisoned = b'{"texts": ["fine", "bad \\ud800 text"], "model_version": "v1"}'
+
+    def send(i: int) -> tuple[bool, httpx.Response]:
+        with httpx.Client(base_url=live_server.base_url, timeout=60.0) as http:
+            if i % 5 == 0:
+                return True, http.post("/api/v1/predict", content=poisoned, headers=_auth(live_server))
+            return False, http.post(
+                "/api/v1/predict", json={"texts": [f"clean request {i}"], "model_version": "v1"}, headers=_auth(live_server)
+            )
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        replies = list(pool.map(send, range(60)))
+    for is_poisoned, reply in replies:
+        if is_poisoned:
+            error = _assert_error(reply, 422, "invalid_input")
+            assert error["details"] == {"indexes": [1]}
+        else:
+            assert reply.status_code == 200, reply.text

@@ -119,3 +119,12 @@ def test_a_result_is_the_seed_shape(classifier: TextClassifier) -> None:
     assert list(result) == ["text", "prediction", "scores", "latency_ms", "cached"]
     assert result["prediction"] == "positive" and result["cached"] is True
     assert classifier.agrees(row, row) and not classifier.agrees(row, row[::-1].copy())
+
+
+def test_a_text_that_cannot_be_encoded_is_refused_before_it_reaches_a_batch(classifier: TextClassifier) -> None:
+    lone = "fine \ud800 text"
+    with pytest.raises(TypeError):  # what the check prevents: the tokenizer fails, and with it a whole shared batch
+        classifier.run(["a clean text", lone])
+    with pytest.raises(InvalidInput, match="valid Unicode") as bad:
+        classifier.check(["a clean text", lone, "another"], Limits(max_inputs=10, max_text_chars=100))
+    assert bad.value.details == {"indexes": [1]}
