@@ -100,11 +100,6 @@ class VersionQueue:
     def max_batch(self) -> int:
         return self._max_batch
 
-    @property
-    def queued(self) -> int:
-        """Inputs waiting (not yet taken by a worker)."""
-        return self._queued
-
     def submit(self, inputs: Sequence[Any], deadline: float | None = None) -> Future[BatchResult]:
         """Queue at most ``max_batch`` inputs; raises Overloaded when the queue is full.
 
@@ -219,7 +214,6 @@ class ComputePool:
         self._delay_s = max(0.0, max_delay_ms) / 1000.0
         self.condition = threading.Condition()
         self._queues: list[VersionQueue] = []
-        self._running = 0  # batches running now, every version together
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(slots)]
         for thread in self._threads:
@@ -264,7 +258,8 @@ class ComputePool:
                 best = queue
         if best is not None:
             # Free instances split what is queued, so they all start now instead of one taking everything.
-            free = min(self.slots - self._running, best.instances - best._running)
+            running = sum(queue._running for queue in self._queues)
+            free = min(self.slots - running, best.instances - best._running)
             return best._take(now, share=-(-best._queued // max(1, free))), None
         return None, (None if wake is None else wake - now)
 
@@ -274,7 +269,6 @@ class ComputePool:
                 while True:
                     picked, wait = self._pick()
                     if picked is not None:
-                        self._running += 1 if picked.jobs else 0
                         break
                     if self._closed:
                         return
@@ -287,6 +281,5 @@ class ComputePool:
                 with self.condition:
                     if picked.jobs:
                         picked.queue._finished()
-                        self._running -= 1
                     # A worker may be waiting for this version's instance cap, or for a drain.
                     self.condition.notify_all()
