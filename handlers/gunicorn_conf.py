@@ -13,7 +13,6 @@ environment before a worker imports prometheus_client, which reads it once at im
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -35,12 +34,9 @@ accesslog = None
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A dead worker's live gauges stop counting, and it leaves the peers' list."""
-    from prometheus_client import multiprocess
+    from handlers.supervisor import forget_worker
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
-    with contextlib.suppress(FileNotFoundError):
-        (Path(os.environ["WORKERS_DIR"]) / f"{worker.pid}.json").unlink()
+    forget_worker(worker.pid, Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), Path(os.environ["WORKERS_DIR"]))
 
 
 def on_exit(server: Any) -> None:

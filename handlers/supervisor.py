@@ -59,6 +59,16 @@ def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
     return sock
 
 
+def forget_worker(pid: int, metrics_dir: Path, workers_dir: Path) -> None:
+    """A dead worker's live gauges stop counting (its counters stay in the sums), and it leaves
+    the peers' list. Used by the supervisor and by the gunicorn config."""
+    from prometheus_client import multiprocess  # not at import: gunicorn's master imports this module
+
+    multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+    with contextlib.suppress(FileNotFoundError):
+        (workers_dir / f"{pid}.json").unlink()
+
+
 @dataclass
 class _Worker:
     index: int
@@ -139,7 +149,7 @@ class Supervisor:
                 if code is None:
                     continue
                 del self._workers[pid]
-                self._forget(pid, metrics_dir, workers_dir)
+                forget_worker(pid, metrics_dir, workers_dir)
                 early = time.monotonic() - worker.started < _EARLY_EXIT_S
                 self._early_exits = self._early_exits + 1 if early else 0
                 if self._early_exits >= _MAX_EARLY_EXITS:
@@ -147,15 +157,6 @@ class Supervisor:
                     return 1
                 logger.warning("worker %d (pid %d) exited with %s: starting another", worker.index, pid, code)
                 self._spawn(worker.index, env)
-
-    @staticmethod
-    def _forget(pid: int, metrics_dir: Path, workers_dir: Path) -> None:
-        """A dead worker's live gauges stop counting; its counters stay in the sums."""
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
-        with contextlib.suppress(FileNotFoundError):
-            (workers_dir / f"{pid}.json").unlink()
 
     def _send(self, signum: int) -> None:
         for worker in self._workers.values():
