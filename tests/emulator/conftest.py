@@ -16,8 +16,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import REPO_ROOT
-from tests.handlers.conftest import stop_server
-from tests.network import free_port, wait_until_ready
+from tests.network import free_port, stop_server, wait_until_ready
 
 TEST_TEMPLATE = Path(__file__).resolve().parent / "template.yaml"
 MAX_CONCURRENCY = 2

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REGISTRY_PATH, REPO_ROOT
-from tests.network import free_port, wait_until_ready
+from tests.network import SERVER_TOKEN, start_server, stop_server
 
-TOKEN = "test-token"
-STARTUP_TIMEOUT_S = 60.0
+TOKEN = SERVER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -24,39 +19,6 @@ class LiveServer:
     base_url: str
     token: str
     log_path: Path
-
-
-def start_server(log_path: Path, *args: str, unset: tuple[str, ...] = (), **env_overrides: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``mlinfer serve`` (with ``args``; ``unset`` removed from the environment) and wait until
-    /health says ready; fail with its log otherwise."""
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in unset},
-        "AUTH_TOKEN": TOKEN,
-        "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
-        "LOG_LEVEL": "WARNING",
-        **env_overrides,
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "handlers.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    wait_until_ready(process, f"{base_url}/health", log_path, what="server", timeout_s=STARTUP_TIMEOUT_S)
-    return process, base_url
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 @pytest.fixture(scope="session")

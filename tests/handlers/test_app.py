@@ -330,7 +330,7 @@ def test_sighup_reloads_the_registry_of_a_running_server(tmp_path: Path, models_
     import signal
     import time
 
-    from tests.handlers.conftest import start_server, stop_server
+    from tests.network import start_server, stop_server
     from tests.registries import V1_MODEL, sentiment, write_registry
 
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment({"v1": {"path": V1_MODEL}})})

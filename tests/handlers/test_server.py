@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +12,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.conftest import REPO_ROOT
-from tests.handlers.conftest import TOKEN, LiveServer, start_server, stop_server
+from tests.handlers.conftest import TOKEN, LiveServer
 from tests.handlers.test_supervisor import metric_sum, until
-from tests.network import free_port
+from tests.network import start_server, stop_server
 from tests.registries import sentiment, write_registry
 
 LONG = " ".join(["an honest, patient and quietly moving film about two brothers"] * 8)
@@ -36,37 +32,17 @@ def test_live_and_ready_probes(live_server: LiveServer) -> None:
 
 
 def test_require_gpu_without_a_gpu_is_live_but_not_ready(tmp_path: Path) -> None:
-    # Started here, not with start_server: its wait for /health 200 would never end, on purpose.
+    # /health stays 503 on purpose: wait for /health/live instead.
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
-    port = free_port()
-    env = {
-        **os.environ,
-        "AUTH_TOKEN": TOKEN,
-        "MODEL_REGISTRY_PATH": str(registry),
-        "REQUIRE_GPU": "true",
-        "EXECUTION_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider",
-        "LOG_LEVEL": "WARNING",
-    }
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "handlers.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(
+        log_path,
+        ready_path="/health/live",
+        MODEL_REGISTRY_PATH=str(registry),
+        REQUIRE_GPU="true",
+        EXECUTION_PROVIDERS="CUDAExecutionProvider,CPUExecutionProvider",
+    )
     try:
-
-        def live() -> bool:
-            try:
-                return httpx.get(f"{base}/health/live").status_code == 200
-            except httpx.TransportError:
-                return server.poll() is not None
-
-        until(live, "the server answers /health/live")
-        assert server.poll() is None, log_path.read_text()
         ready = httpx.get(f"{base}/health/ready")
         assert ready.status_code == 503, ready.text
         health = httpx.get(f"{base}/health").json()

@@ -20,8 +20,8 @@ import pytest
 
 from engine.cpus import available_cpus
 from tests.conftest import REPO_ROOT
-from tests.handlers.conftest import TOKEN, start_server, stop_server
-from tests.network import free_port, wait_until_ready
+from tests.handlers.conftest import TOKEN
+from tests.network import free_port, start_server, stop_server, wait_until_ready
 from tests.registries import sentiment, write_registry
 
 ADMIN = "admin-secret"

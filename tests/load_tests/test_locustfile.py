@@ -3,91 +3,35 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-import signal
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
-import httpx
 import pytest
 
-from emulator.loopback import free_port
-from tests.conftest import REGISTRY_PATH, REPO_ROOT, require_models
+from tests.conftest import REPO_ROOT, require_models
+from tests.network import start_server, stop_server
 
 LOCUST = REPO_ROOT / ".venv-tools" / "bin" / "locust"
 LOCUSTFILE = REPO_ROOT / "load_tests" / "locustfile.py"
 TOKEN = "locust-test-token"
-SERVER_START_TIMEOUT_S = 120.0
 RUN_SECONDS = 5
 LOCUST_TIMEOUT_S = 90.0
 EXPECTED_NAMES = {"/api/v1/predict [1 text]", "/api/v1/predict [batch]", "/health"}
 
 
-def _tail(log: IO[str], chars: int = 4000) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read()[-chars:]
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlinfer serve` on a free 127.0.0.1 port with the in-process cache; stopped whatever happens."""
     require_models()
-    mlinfer = Path(sys.executable).parent / "mlinfer"
-    if not mlinfer.is_file():
-        pytest.fail(f"{mlinfer} is missing: install the project into the venv (`make setup`)")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "MODEL_REGISTRY_PATH": str(REGISTRY_PATH),
-        "AUTH_TOKEN": TOKEN,
-        "CACHE_BACKEND": "memory",
-        "LOG_LEVEL": "WARNING",
-        "ENABLE_METRICS": "true",
-        "WORKERS": "1",
-    }
-    with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(
-            [str(mlinfer), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=stdin,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-            with httpx.Client(timeout=2.0) as client:
-                while True:
-                    if proc.poll() is not None:
-                        pytest.fail(f"mlinfer serve exited with {proc.returncode} before /health answered 200:\n{_tail(log)}")
-                    with contextlib.suppress(httpx.TransportError):
-                        if client.get(f"{url}/health").status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"mlinfer serve not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
-                    time.sleep(0.2)
-            yield url
-        finally:
-            _stop(proc)
+    log_path = tmp_path_factory.mktemp("locust-server") / "server.log"
+    process, url = start_server(log_path, AUTH_TOKEN=TOKEN, CACHE_BACKEND="memory", ENABLE_METRICS="true", WORKERS="1")
+    try:
+        yield url
+    finally:
+        stop_server(process)
 
 
 def locust_env(token: str) -> dict[str, str]:
