@@ -59,9 +59,16 @@ class ModelNotReady(EngineError):
 
 
 class Overloaded(EngineError):
-    """Too much work is already queued; the caller should retry later."""
+    """Too much work is already queued; the caller should retry later.
+
+    ``retry_after_s`` is when a retry is likely to be admitted (from the measured drain rate);
+    the HTTP edge sends it as ``Retry-After``."""
 
     code = "overloaded"
+
+    def __init__(self, message: str, *, details: Any = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(Overloaded):

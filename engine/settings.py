@@ -51,6 +51,15 @@ class Settings(BaseSettings):
 
     auth_token: SecretStr = Field(SecretStr("secret-token"), description="Token expected in the X-Token header.")
     admin_token: SecretStr | None = Field(None, description="Token for /admin endpoints (X-Admin-Token); unset disables them.")
+    auth_tokens: SecretStr | None = Field(
+        None, description="More accepted X-Token values, comma-separated (token rotation); AUTH_TOKEN is accepted too."
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, /metrics needs it (Authorization: Bearer <token>, as Prometheus sends it, or X-Token)."
+    )
+    environment: Literal["development", "production"] = Field(
+        "development", description="`production` refuses to start with the default or an empty token."
+    )
     auth_token_parameter: str | None = Field(
         None,
         description="Read the token from SSM Parameter Store (a parameter name) or Secrets Manager "
@@ -104,6 +113,17 @@ class Settings(BaseSettings):
     request_timeout_ms: int = Field(
         30_000, ge=1, description="A request still queued after this long is dropped with 503 (deadline_exceeded)."
     )
+    max_queue_ms: int = Field(
+        1000, ge=1, description="Work queued longer than this is dropped with 503 (overloaded, with Retry-After from the drain rate)."
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Request line and headers larger than this get 431.")
+    max_headers: int = Field(100, ge=1, description="More request headers than this get 431.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request line and headers not complete within this get 408 (or a close).")
+    body_timeout_s: float = Field(30.0, gt=0, description="A request body not complete within this gets 408 and a close.")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this.")
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections per server process; more are refused (and logged). Start-up raises RLIMIT_NOFILE to fit."
+    )
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, description="Server processes: Python's thread switch interval (sys.setswitchinterval; Python's default is 5)."
     )
@@ -116,7 +136,15 @@ class Settings(BaseSettings):
     enable_tracing: bool = Field(False, description="Trace requests (X-Ray on Lambda).")
 
     @field_validator(
-        "admin_token", "auth_token_parameter", "batch_results_uri", "redis_url", "redis_password", "redis_username", mode="before"
+        "admin_token",
+        "auth_tokens",
+        "metrics_token",
+        "auth_token_parameter",
+        "batch_results_uri",
+        "redis_url",
+        "redis_password",
+        "redis_username",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
