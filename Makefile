@@ -112,6 +112,12 @@ bench: setup
 	$(BIN)/pip install --quiet "matplotlib>=3.8"
 	$(BIN)/python bench/bench_wrk.py --markdown --plot bench/throughput_vs_concurrency.png
 
+# Five minutes open loop at half the measured capacity, minute by minute (bench/soak.py, bench/RESULTS.md).
+# Exits 1 when a request failed or the server's RSS grew more than 10% after the first minute.
+.PHONY: soak
+soak: setup
+	$(BIN)/python bench/soak.py --markdown
+
 clean:
 	rm -rf $(VENV) models .pytest_cache .mypy_cache .ruff_cache
 
