@@ -50,6 +50,19 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.shed_inputs = Counter(
+            "inference_shed_inputs",
+            "Inputs refused or dropped before they ran, by reason (queue_full, queue_wait, queue_timeout, deadline, cancelled).",
+            ["model", "model_version", "reason"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "inference_queue_wait_ms",
+            "Time a job (a request's part of a batch) waited in the queue before it ran, in milliseconds.",
+            ["model", "model_version"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "inference_in_flight_requests",
             "Prediction requests being served now.",
@@ -65,6 +78,9 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.errors = Counter("inference_errors", "Failed prediction requests by error code.", ["code"], registry=self.registry)
+        self.http_errors = Counter(
+            "http_errors", "Error replies of the HTTP edge (every route), by status and code.", ["status", "code"], registry=self.registry
+        )
         self.model_loads = Counter(
             "model_loads", "Model version loads by outcome.", ["model", "model_version", "outcome"], registry=self.registry
         )
@@ -73,6 +89,12 @@ class Metrics:
         )
         self.rollout_assignments = Counter(
             "rollout_assignments", "Requests routed by rollout, by strategy and arm.", ["model", "strategy", "arm"], registry=self.registry
+        )
+        self.rollout_failovers = Counter(
+            "rollout_failovers",
+            "Unpinned requests answered by the default version because their rollout arm failed to load.",
+            ["model", "from_version", "to_version"],
+            registry=self.registry,
         )
         self.shadow_predictions = Counter(
             "shadow_predictions",

@@ -21,10 +21,27 @@ _PREDICT_EXAMPLES: list[JsonValue] = [
 ]
 
 
-class _PredictRequestBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": _PREDICT_EXAMPLES})
+# A request id is echoed in the X-Request-ID header: printable ASCII only (no control characters,
+# CR/LF or non-Latin-1 text, which no header can carry), without leading or trailing spaces; "" is no id.
+REQUEST_ID_PATTERN = r"^([!-~]([ -~]*[!-~])?)?$"
 
-    id: str | None = Field(None, max_length=256, description="Request id echoed as request_id; generated when absent.")
+
+def _exactly_one_input(schema: dict[str, JsonValue]) -> None:
+    # The schema says what the validator below enforces: exactly one input field, not null.
+    schema["examples"] = _PREDICT_EXAMPLES
+    schema["oneOf"] = [{"required": [name], "properties": {name: {"type": "array"}}} for name in INPUT_FIELDS]
+
+
+class _PredictRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra=_exactly_one_input)
+
+    id: str | None = Field(
+        None,
+        max_length=256,
+        pattern=REQUEST_ID_PATTERN,
+        description="Request id echoed as request_id and in X-Request-ID: printable ASCII, no leading or trailing space; "
+        "generated when absent.",
+    )
     model: str | None = Field(None, max_length=128, description="Model name; the registry's first model when absent.")
     model_version: str | None = Field(None, max_length=128, description="Pin a version, bypassing rollout.")
 
@@ -97,6 +114,12 @@ class ModelHealth(BaseModel):
     load_ms: float | None = None
     error: str | None = None
     providers: list[str] = Field([], description="ONNX Runtime execution providers of a loaded version, best first.")
+    failover_to: str | None = Field(
+        None, description="A failed rollout arm (canary target, A/B arm): the default version that answers its unpinned traffic."
+    )
+    files_changed: bool = Field(
+        False, description="A file the version was loaded from changed on disk since: it keeps serving its private copy."
+    )
 
 
 class WorkerInfo(BaseModel):
@@ -118,6 +141,11 @@ class ReloadReport(BaseModel):
     changed: list[str] = []
     removed: list[str] = []
     unchanged: list[str] = []
+    retried: list[str] = Field([], description="Versions that had failed to load, tried again (listed as unchanged or changed too).")
+    still_failed: list[str] = Field([], description="Retried versions that failed again: failed in the new registry, which serves.")
+    kept_previous: list[str] = Field(
+        [], description="Versions whose files changed on disk and no longer load: the copy they loaded before keeps serving."
+    )
     duration_ms: float = 0.0
     workers: list[WorkerInfo] | None = Field(None, description="Several workers: each one's registry once the reload reached it.")
 

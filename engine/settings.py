@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     model_registry_path: Path = Field(Path("model_registry.yaml"), description="The YAML model registry.")
     model_cache_size: int = Field(5, ge=1, description="Model versions kept loaded; the least recently used is evicted.")
     model_cache_dir: Path = Field(
-        Path(tempfile.gettempdir()) / "ml-inference-models", description="Where s3:// model files are downloaded (once per cold start)."
+        Path(tempfile.gettempdir()) / "ml-inference-models",
+        description="Where s3:// model files are downloaded (once per cold start), and where versions with external "
+        "weights are copied privately while they load (.private/).",
     )
     shadow_mode: Literal["background", "inline"] = Field(
         "background", description="Shadow runs after the reply (server) or before it, within the same invocation (Lambda)."
@@ -105,7 +107,10 @@ class Settings(BaseSettings):
         0, ge=0, description="Runtime threads of one instance. 0: 1 when INSTANCES is 0, else the CPUs available divided by INSTANCES."
     )
     max_batch_tokens: int = Field(
-        8192, ge=1, description="Padded tokens (texts x longest) in one runtime call; a larger batch runs in parts."
+        8192,
+        ge=1,
+        description="Padded tokens (texts x longest) in one runtime call; a larger batch runs in parts. Batches are "
+        "scheduled at a quarter of it, so that large requests interleave with small ones.",
     )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, description="How long a batch may wait to fill up; 0 runs whatever is queued at once (continuous batching)."
