@@ -3,16 +3,27 @@
 Each loaded version has one queue (``VersionQueue``). The process has one ``ComputePool`` of
 ``slots`` worker threads: at most that many batches run at once, whichever versions they
 belong to, so a canary or an A/B split never oversubscribes the cores. A free worker takes the
-queue whose oldest job has waited longest, and from it everything waiting, up to
-``max_batch`` inputs. A version runs at most ``instances`` batches at once (the registry's
-``instances:``), each on its own worker thread over the version's one session: ONNX Runtime
-and ``tokenizers`` release the GIL, so one process uses every core.
+queue whose work has waited longest, and from it a batch of at most ``max_batch`` inputs (and
+at most ``max_batch_cost``, e.g. padded tokens). A version runs at most ``instances`` batches at
+once (the registry's ``instances:``), each on its own worker thread over the version's one
+session: ONNX Runtime and ``tokenizers`` release the GIL, so one process uses every core.
+
+A request is one *stream* of jobs (``submit_many``). A batch takes one job per stream in turn,
+the stream that waited longest since its last progress first, so a large request runs as many
+small batches interleaved with everyone else's work and a single-text request waits behind
+about one batch, never behind a whole large request.
 
 At low load a request runs at once, with no added wait; under load, batches grow by
-themselves. ``max_delay_ms`` > 0 lets a worker wait that long for a batch to fill. Work whose
-caller gave up (a cancelled future: its client went away) or whose deadline passed is dropped
-before it runs. Results are batch-invariant: an input's output never depends on the requests
-it was batched with.
+themselves. ``max_delay_ms`` > 0 lets a worker wait that long for a batch to fill. Work is
+dropped before it runs when its caller gave up (a cancelled future: its client went away), its
+deadline passed (DeadlineExceeded), or its stream waited ``max_queue_ms`` without progress
+(Overloaded). A request is refused at once (Overloaded, with a ``retry_after_s``) when the
+queue is full (``max_queued`` inputs) or when, at the measured drain rate, the work ahead of it
+would keep it waiting longer than ``max_queue_ms``. Sheds are counted (``on_shed``), not logged.
+
+A batch that fails is split in halves and each half retried, down to single jobs, so one input
+the runtime cannot take fails only its own request. Results are batch-invariant: an input's
+output never depends on the requests it was batched with.
 
 Workers are threads, not asyncio tasks, so batching works under any event loop (uvicorn,
 Mangum, a test's loop) and inference never runs on the loop.
@@ -21,6 +32,7 @@ Mangum, a test's loop) and inference never runs on the loop.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -36,6 +48,13 @@ from engine.errors import DeadlineExceeded, Overloaded
 logger = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_S = 30.0
+_RATE_SMOOTHING = 0.2  # weight of the newest batch in the drain-rate average
+_FAILURE_LOG_INTERVAL_S = 10.0
+_MAX_SKIPPED = 64  # streams a batch looks past for one that still fits, before it stops looking
+
+SHED_REASONS = ("queue_full", "queue_wait", "queue_timeout", "deadline", "cancelled")
+"""Why work was shed: the queue's input bound, the estimated wait at admission, the wait in the
+queue (``max_queue_ms``), the request's deadline, or the caller gone."""
 
 
 @dataclass(frozen=True)
@@ -48,23 +67,61 @@ class BatchResult:
 
 
 @dataclass
+class _Stream:
+    """One request's queued jobs. ``progressed`` is when it arrived or a batch with a job of it
+    last finished; while one runs (``running``), the request is making progress."""
+
+    jobs: deque[_Job]
+    progressed: float
+    cost: float
+    running: int = 0
+
+
+@dataclass
 class _Job:
     inputs: Sequence[Any]
     future: Future[BatchResult]
     enqueued: float
     deadline: float | None
+    cost: float
+    stream: _Stream | None = None
 
 
 RunFn = Callable[[list[Any]], np.ndarray]
 ObserveFn = Callable[[int, float], None]
 DepthFn = Callable[[int], None]
+ShedFn = Callable[[str, int], None]
+WaitFn = Callable[[float], None]
 
 
 @dataclass
 class _Picked:
     queue: VersionQueue
     jobs: list[_Job]
-    expired: list[_Job] = field(default_factory=list)
+    dropped: list[tuple[_Job, Exception]] = field(default_factory=list)
+    cancelled: int = 0
+    size: int = 0
+    cost: float = 0.0
+    backlog: bool = False  # work was left queued: the batch shows what an instance drains under load
+
+
+class _RateLimitedLog:
+    """At most one record per interval; the rest are counted into the next one."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._next = 0.0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def exception(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._next = self._suppressed, 0, now + self._interval_s
+        logger.exception(message + " (%d more like it not logged)", *args, suppressed)
 
 
 class VersionQueue:
@@ -79,53 +136,111 @@ class VersionQueue:
         max_batch: int,
         max_queued: int,
         instances: int,
+        max_batch_cost: float | None = None,
+        max_queue_ms: float | None = None,
         observe: ObserveFn | None = None,
         on_depth: DepthFn | None = None,
+        on_shed: ShedFn | None = None,
+        on_wait: WaitFn | None = None,
     ) -> None:
         self.name = name
         self._pool = pool
         self._run = run
         self._max_batch = max_batch
         self._max_queued = max_queued
+        self._max_cost = max_batch_cost if max_batch_cost is not None else math.inf
+        self._max_queue_s = max_queue_ms / 1000.0 if max_queue_ms is not None else None
         self.instances = max(1, min(instances, pool.slots))
         self._observe = observe
         self._on_depth = on_depth
+        self._on_shed = on_shed
+        self._on_wait = on_wait
+        self._failures = _RateLimitedLog(_FAILURE_LOG_INTERVAL_S)
         # Guarded by the pool's condition:
-        self._jobs: deque[_Job] = deque()
+        self._streams: deque[_Stream] = deque()
         self._queued = 0
+        self._queued_cost = 0.0
         self._running = 0
         self._closed = False
+        self._rate: float | None = None  # cost one instance drains per second (moving average)
 
     @property
     def max_batch(self) -> int:
         return self._max_batch
 
-    def submit(self, inputs: Sequence[Any], deadline: float | None = None) -> Future[BatchResult]:
-        """Queue at most ``max_batch`` inputs; raises Overloaded when the queue is full.
+    @property
+    def drain_rate(self) -> float | None:
+        """Cost per second this version drains with all its instances busy, as measured on batches
+        taken while more work waited; None before such a batch ran (nothing is refused on it then)."""
+        return None if self._rate is None else self._rate * self.instances
 
-        ``deadline`` is a ``time.monotonic()`` instant: work still queued then is dropped and its
-        future fails with DeadlineExceeded."""
-        if not 0 < len(inputs) <= self._max_batch:
-            raise ValueError(f"submit between 1 and {self._max_batch} inputs, got {len(inputs)}")
-        job = _Job(inputs, Future(), time.monotonic(), deadline)
+    def submit(self, inputs: Sequence[Any], deadline: float | None = None, cost: float | None = None) -> Future[BatchResult]:
+        """Queue one job of at most ``max_batch`` inputs (a request of its own); see ``submit_many``."""
+        return self.submit_many([inputs], deadline=deadline, costs=None if cost is None else [cost])[0]
+
+    def submit_many(
+        self, jobs: Sequence[Sequence[Any]], deadline: float | None = None, costs: Sequence[float] | None = None
+    ) -> list[Future[BatchResult]]:
+        """Queue one request's jobs (each of 1 to ``max_batch`` inputs), all or none.
+
+        ``costs`` are the jobs' costs in the unit of ``max_batch_cost`` (default: their input
+        counts). ``deadline`` is a ``time.monotonic()`` instant: work still queued then is dropped
+        and its future fails with DeadlineExceeded. Raises Overloaded, with ``retry_after_s``,
+        when the queue is full or the wait ahead is over ``max_queue_ms``."""
+        if not jobs:
+            raise ValueError("submit at least one job")
+        for inputs in jobs:
+            if not 0 < len(inputs) <= self._max_batch:
+                raise ValueError(f"submit between 1 and {self._max_batch} inputs, got {len(inputs)}")
+        job_costs = [float(len(inputs)) for inputs in jobs] if costs is None else [float(c) for c in costs]
+        now = time.monotonic()
+        count = sum(len(inputs) for inputs in jobs)
+        total = sum(job_costs)
+        stream = _Stream(deque(), now, total)
+        queued = [_Job(inputs, Future(), now, deadline, cost, stream) for inputs, cost in zip(jobs, job_costs, strict=True)]
+        stream.jobs.extend(queued)
         with self._pool.condition:
             if self._closed:
                 raise RuntimeError("batcher is closed")
-            if self._queued + len(inputs) > self._max_queued:
-                raise Overloaded(f"{self._queued} inputs already queued for this model version (MAX_QUEUED_INPUTS); retry shortly")
-            self._queued += len(inputs)
-            self._jobs.append(job)
-            depth = self._queued
-            self._pool.condition.notify()
+            refused = self._refusal(count, total)
+            if refused is None:
+                self._queued += count
+                self._queued_cost += total
+                self._streams.append(stream)
+                depth = self._queued
+                self._pool.condition.notify()
+        if refused is not None:
+            self._shed(refused[0], count)
+            raise refused[1]
         self._report_depth(depth)
-        return job.future
+        return [job.future for job in queued]
+
+    def _refusal(self, count: int, cost: float) -> tuple[str, Overloaded] | None:
+        """Why a request of ``count`` inputs costing ``cost`` is refused now, if it is (under the condition)."""
+        rate = self.drain_rate
+        if self._queued + count > self._max_queued:
+            retry = None if rate is None else self._queued_cost / rate
+            message = f"{self._queued} inputs already queued for this model version (MAX_QUEUED_INPUTS); retry shortly"
+            return "queue_full", Overloaded(message, retry_after_s=retry)
+        if rate is None or self._max_queue_s is None or not self._streams:
+            return None
+        # Each queued request is served one job per turn, like this one: until this one is done,
+        # each other request gets about as much as this one needs, or all it has left.
+        wait_s = sum(min(stream.cost, cost) for stream in self._streams) / rate
+        if wait_s <= self._max_queue_s:
+            return None
+        message = (
+            f"about {wait_s * 1000:.0f} ms of work is queued ahead of this request for this model version, "
+            f"over the {self._max_queue_s * 1000:.0f} ms limit (MAX_QUEUE_MS); retry later"
+        )
+        return "queue_wait", Overloaded(message, retry_after_s=wait_s - self._max_queue_s)
 
     def close(self) -> None:
         """Refuse new work, let what is queued run, then leave the pool."""
         with self._pool.condition:
             self._closed = True
             self._pool.condition.notify_all()
-            drained = self._pool.condition.wait_for(lambda: not self._jobs and self._running == 0, timeout=_CLOSE_TIMEOUT_S)
+            drained = self._pool.condition.wait_for(lambda: not self._streams and self._running == 0, timeout=_CLOSE_TIMEOUT_S)
         if not drained:
             logger.warning("batcher %s closed with work still queued or running after %.0f s", self.name, _CLOSE_TIMEOUT_S)
         self._pool.remove(self)
@@ -134,35 +249,99 @@ class VersionQueue:
 
     def _ready_at(self, now: float, delay_s: float) -> float | None:
         """When this queue's next batch may start (``now`` or later), or None when it cannot."""
-        if not self._jobs or self._running >= self.instances:
+        if not self._streams or self._running >= self.instances:
             return None
         if delay_s <= 0 or self._closed or self._queued >= self._max_batch:
             return now
-        return max(now, self._jobs[0].enqueued + delay_s)
+        return max(now, self._streams[0].jobs[0].enqueued + delay_s)
 
     def _oldest(self) -> float:
-        return self._jobs[0].enqueued
+        return self._streams[0].progressed
+
+    def _dequeue(self, stream: _Stream, job: _Job) -> None:
+        stream.jobs.popleft()
+        stream.cost -= job.cost
+        self._queued -= len(job.inputs)
+        self._queued_cost -= job.cost
+
+    def _drop_stale(self, stream: _Stream, now: float, picked: _Picked) -> None:
+        """Drop a stream's leading jobs that must not run: the caller left, the deadline or the queue time passed."""
+        stale = self._max_queue_s is not None and stream.running == 0 and now - stream.progressed >= self._max_queue_s
+        while stream.jobs:
+            job = stream.jobs[0]
+            if job.future.cancelled():
+                picked.cancelled += len(job.inputs)
+            elif job.deadline is not None and job.deadline <= now:
+                waited_ms = (now - job.enqueued) * 1000.0
+                picked.dropped.append((job, DeadlineExceeded(f"the request's deadline passed after {waited_ms:.0f} ms in the queue")))
+            elif stale:
+                waited_ms = (now - stream.progressed) * 1000.0
+                rate = self.drain_rate
+                retry = None if rate is None else max(0.0, self._queued_cost / rate - (self._max_queue_s or 0.0))
+                message = f"the request's work waited {waited_ms:.0f} ms in the queue (MAX_QUEUE_MS); retry later"
+                picked.dropped.append((job, Overloaded(message, retry_after_s=retry)))
+            else:
+                return
+            self._dequeue(stream, job)
 
     def _take(self, now: float, share: int) -> _Picked:
-        """Jobs for one batch: at most ``max_batch`` inputs, and about ``share`` of them when
-        other instances are free to take the rest at once."""
+        """Jobs for one batch: one per stream in turn, longest-waiting stream first, up to
+        ``max_batch`` inputs (about ``share`` when other instances are free to take the rest at
+        once) and ``max_batch_cost``."""
         picked = _Picked(self, [])
-        size = 0
         limit = min(self._max_batch, max(1, share))
-        while self._jobs and (size == 0 or size + len(self._jobs[0].inputs) <= limit):
-            job = self._jobs.popleft()
-            self._queued -= len(job.inputs)
-            if job.deadline is not None and job.deadline <= now:
-                picked.expired.append(job)
-            elif job.future.set_running_or_notify_cancel():  # False: its caller gave up; drop it
-                picked.jobs.append(job)
-                size += len(job.inputs)
+        served: list[_Stream] = []
+        kept: list[_Stream] = []  # streams this batch looked at but did not serve, in their order
+        skipped = 0
+        while self._streams and not self._full(picked, limit) and skipped < _MAX_SKIPPED:
+            stream = self._streams.popleft()
+            self._drop_stale(stream, now, picked)
+            if not stream.jobs:
+                continue
+            if self._offer(stream, picked, limit):
+                served.append(stream)
+            else:
+                kept.append(stream)
+                skipped += 1
+        self._streams.extendleft(reversed(kept))
+        # Room left: the streams served take one more job each, in turn, while they fit.
+        more = served
+        while more and not self._full(picked, limit):
+            more = [stream for stream in more if stream.jobs and self._offer(stream, picked, limit)]
+        for job in picked.jobs:
+            if job.stream is not None:
+                job.stream.running += 1
+        # Served streams with work left go to the back: every other stream waited longer than they did.
+        self._streams.extend(stream for stream in served if stream.jobs)
+        picked.backlog = bool(self._streams)
         if picked.jobs:
             self._running += 1
         return picked
 
-    def _finished(self) -> None:
+    def _full(self, picked: _Picked, limit: int) -> bool:
+        return picked.size >= limit or picked.cost >= self._max_cost
+
+    def _offer(self, stream: _Stream, picked: _Picked, limit: int) -> bool:
+        """Take the stream's next job into the batch if it fits (a first job always does); whether it left the queue."""
+        job = stream.jobs[0]
+        if picked.jobs and (picked.size + len(job.inputs) > limit or picked.cost + job.cost > self._max_cost):
+            return False
+        self._dequeue(stream, job)
+        if not job.future.set_running_or_notify_cancel():  # its caller gave up: drop it
+            picked.cancelled += len(job.inputs)
+            return True
+        picked.jobs.append(job)
+        picked.size += len(job.inputs)
+        picked.cost += job.cost
+        return True
+
+    def _finished(self, picked: _Picked) -> None:
         self._running -= 1
+        now = time.monotonic()
+        for job in picked.jobs:
+            if job.stream is not None:
+                job.stream.running -= 1
+                job.stream.progressed = now
 
     # -- called by the pool's workers, outside its condition --------------------------------
 
@@ -173,35 +352,66 @@ class VersionQueue:
             except Exception:  # a metrics failure must not fail a request
                 logger.exception("queue depth observer failed")
 
+    def _shed(self, reason: str, inputs: int) -> None:
+        if self._on_shed is not None and inputs:
+            try:
+                self._on_shed(reason, inputs)
+            except Exception:  # a metrics failure must not fail a request
+                logger.exception("shed observer failed")
+
     def _execute(self, picked: _Picked) -> None:
         self._report_depth(self._queued)
-        for job in picked.expired:
+        self._shed("cancelled", picked.cancelled)
+        for job, error in picked.dropped:
+            self._shed("deadline" if isinstance(error, DeadlineExceeded) else "queue_timeout", len(job.inputs))
             if job.future.set_running_or_notify_cancel():  # False: its caller already gave up
-                waited_ms = (time.monotonic() - job.enqueued) * 1000.0
-                job.future.set_exception(DeadlineExceeded(f"the request's deadline passed after {waited_ms:.0f} ms in the queue"))
-        jobs = picked.jobs
-        if not jobs:
+                job.future.set_exception(error)
+        if not picked.jobs:
             return
+        if self._on_wait is not None:
+            started = time.monotonic()
+            try:
+                for job in picked.jobs:
+                    self._on_wait((started - job.enqueued) * 1000.0)
+            except Exception:  # a metrics failure must not fail a request
+                logger.exception("queue wait observer failed")
+        self._run_jobs(picked.jobs, measure=picked.backlog)
+
+    def _run_jobs(self, jobs: list[_Job], *, measure: bool = False) -> None:
+        """Run jobs as one batch; if it fails, run each half on its own, so only a failing job fails."""
         inputs = [item for job in jobs for item in job.inputs]
         started = time.perf_counter()
         try:
             outputs = self._run(inputs)
-        except Exception as exc:  # handed to every waiting caller, who maps it
-            logger.exception("batch of %d inputs failed", len(inputs))
-            for job in jobs:
-                job.future.set_exception(exc)
+        except Exception as exc:
+            if len(jobs) > 1:
+                middle = len(jobs) // 2
+                self._run_jobs(jobs[:middle])
+                self._run_jobs(jobs[middle:])
+                return
+            self._failures.exception("batcher %s: a job of %d inputs failed on its own", self.name, len(inputs))
+            jobs[0].future.set_exception(exc)  # its caller maps it
             return
-        run_ms = (time.perf_counter() - started) * 1000.0
+        run_s = time.perf_counter() - started
+        if measure:  # a batch taken from a backlog: small batches of an idle queue would understate the rate
+            self._measured(sum(job.cost for job in jobs), run_s)
         if self._observe is not None:
             try:
-                self._observe(len(inputs), run_ms)
+                self._observe(len(inputs), run_s * 1000.0)
             except Exception:  # a metrics failure must not kill the worker
                 logger.exception("batch observer failed")
         offset = 0
         for job in jobs:
             rows = outputs[offset : offset + len(job.inputs)]
             offset += len(job.inputs)
-            job.future.set_result(BatchResult(outputs=rows, run_ms=run_ms, batch_size=len(inputs)))
+            job.future.set_result(BatchResult(outputs=rows, run_ms=run_s * 1000.0, batch_size=len(inputs)))
+
+    def _measured(self, cost: float, run_s: float) -> None:
+        if run_s <= 0:
+            return
+        sample = cost / run_s
+        with self._pool.condition:
+            self._rate = sample if self._rate is None else (1 - _RATE_SMOOTHING) * self._rate + _RATE_SMOOTHING * sample
 
 
 class ComputePool:
@@ -244,7 +454,7 @@ class ComputePool:
             thread.join(timeout=_CLOSE_TIMEOUT_S)
 
     def _pick(self) -> tuple[_Picked | None, float | None]:
-        """The next batch (oldest waiting job first, across versions), else how long to wait."""
+        """The next batch (longest-waiting work first, across versions), else how long to wait."""
         now = time.monotonic()
         best: VersionQueue | None = None
         wake: float | None = None
@@ -280,6 +490,6 @@ class ComputePool:
             finally:
                 with self.condition:
                     if picked.jobs:
-                        picked.queue._finished()
+                        picked.queue._finished(picked)
                     # A worker may be waiting for this version's instance cap, or for a drain.
                     self.condition.notify_all()

@@ -38,7 +38,13 @@ def build_predictor(settings: Settings, metrics: Metrics, budget: ComputeBudget)
     """Batching on one compute pool, with the result cache in front of it unless CACHE_BACKEND=none."""
     pool = ComputePool(budget.instances, max_delay_ms=settings.max_batch_delay_ms)
     predictor: Predictor = BatchedPredictor(
-        metrics, pool, max_batch=settings.batch_size, max_queued=settings.max_queued_inputs, timeout_s=settings.request_timeout_ms / 1000.0
+        metrics,
+        pool,
+        max_batch=settings.batch_size,
+        max_queued=settings.max_queued_inputs,
+        timeout_s=settings.request_timeout_ms / 1000.0,
+        max_queue_ms=settings.max_queue_ms,
+        max_batch_tokens=settings.max_batch_tokens,
     )
     if settings.cache_backend == "none":
         return predictor

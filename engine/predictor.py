@@ -9,12 +9,14 @@ batching layer a batcher, the cache layer a digest of the version's files.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from engine.batcher import BatchResult, ComputePool, VersionQueue
-from engine.errors import DeadlineExceeded, InferenceFailed, ModelNotReady
+from engine.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
+from engine.kinds.base import WeighsInputs
 from engine.loader import LoadedModel
 from engine.metrics import Metrics
 from engine.results import Output
@@ -55,35 +57,74 @@ class Predictor(ModelHooks, Protocol):
         ...
 
 
-def _size(item: Any) -> int:
-    return len(item) if isinstance(item, str) else 0
+BATCH_SHARE_OF_TOKENS = 4
+"""A batch holds at most MAX_BATCH_TOKENS / 4 (estimated) tokens, and one job of a request half
+of that: a large request runs as many such batches, interleaved with other requests' work, so a
+short request waits behind about one of them, not behind the whole large request."""
+
+
+def chunk(order: Sequence[int], costs: Sequence[float], *, max_inputs: int, max_cost: float) -> list[list[int]]:
+    """Consecutive runs of ``order`` of at most ``max_inputs`` indexes and ``max_cost`` (a costlier index goes alone)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    cost = 0.0
+    for index in order:
+        if current and (len(current) >= max_inputs or cost + costs[index] > max_cost):
+            chunks.append(current)
+            current, cost = [], 0.0
+        current.append(index)
+        cost += costs[index]
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 class BatchedPredictor:
     """The chain's last layer: one queue per loaded version in the process's compute pool.
 
-    A request is split into runtime batches of at most ``max_batch`` inputs, grouped by length
-    first so each batch pads little; results return in input order. A request that is not
-    answered within ``timeout_s`` fails with DeadlineExceeded, and its work still queued is dropped.
+    A request is split into jobs of at most ``max_batch`` inputs and half a batch's token budget
+    (``max_batch_tokens / BATCH_SHARE_OF_TOKENS``), grouped by length first so each batch pads
+    little; results return in input order. The queue serves requests in turn, refuses one whose
+    wait would pass ``max_queue_ms`` and drops work that waited that long (Overloaded, with a
+    retry hint from the drain rate). A request that is not answered within ``timeout_s`` fails
+    with DeadlineExceeded, and its work still queued is dropped.
     """
 
-    def __init__(self, metrics: Metrics, pool: ComputePool, *, max_batch: int, max_queued: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        pool: ComputePool,
+        *,
+        max_batch: int,
+        max_queued: int,
+        timeout_s: float,
+        max_queue_ms: float | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> None:
         self._metrics = metrics
         self._pool = pool
         self._max_batch = max_batch
         self._max_queued = max_queued
         self._timeout_s = timeout_s
+        self._max_queue_ms = max_queue_ms
+        self._batch_cost = None if max_batch_tokens is None else max(1.0, max_batch_tokens / BATCH_SHARE_OF_TOKENS)
         self._queues: dict[LoadedModel, VersionQueue] = {}
 
     def attach(self, model: LoadedModel) -> None:
+        labels = (model.name, model.version)
+        shed = self._metrics.shed_inputs
         self._queues[model] = self._pool.queue(
             model.runtime.run,
             name=f"{model.name}-{model.version}",
             max_batch=self._max_batch,
             max_queued=self._max_queued,
             instances=model.instances or self._pool.slots,
+            max_batch_cost=self._batch_cost,
+            max_queue_ms=self._max_queue_ms,
             observe=self._observer(model),
-            on_depth=self._metrics.queued_inputs.labels(model.name, model.version).set,
+            on_depth=self._metrics.queued_inputs.labels(*labels).set,
+            on_shed=lambda reason, inputs: shed.labels(*labels, reason).inc(inputs),
+            on_wait=self._metrics.queue_wait.labels(*labels).observe,
         )
 
     def detach(self, model: LoadedModel) -> None:
@@ -106,21 +147,25 @@ class BatchedPredictor:
 
         return observe
 
+    def _jobs(self, model: LoadedModel, inputs: Sequence[Any]) -> tuple[list[list[int]], list[float]]:
+        """The request's jobs (input indexes, cheapest first) and each job's cost."""
+        runtime = model.runtime
+        costs = [1.0] * len(inputs)
+        if isinstance(runtime, WeighsInputs):
+            costs = [float(runtime.input_cost(item)) for item in inputs]
+        order = sorted(range(len(inputs)), key=costs.__getitem__)
+        job_cost = math.inf if self._batch_cost is None else self._batch_cost / 2
+        chunks = chunk(order, costs, max_inputs=self._max_batch, max_cost=job_cost)
+        return chunks, [sum(costs[i] for i in c) for c in chunks]
+
     async def predict(self, model: LoadedModel, inputs: Sequence[Any]) -> list[Output]:
         queue = self._queues.get(model)
         if queue is None:
             raise ModelNotReady(f"model {model.name!r} version {model.version!r} is not loaded")
-        order = sorted(range(len(inputs)), key=lambda i: _size(inputs[i]))
-        chunks = [order[i : i + self._max_batch] for i in range(0, len(order), self._max_batch)]
+        chunks, costs = self._jobs(model, inputs)
         deadline = time.monotonic() + self._timeout_s
-        submitted = []
-        try:
-            for chunk in chunks:
-                submitted.append(queue.submit([inputs[i] for i in chunk], deadline=deadline))
-        except Exception:
-            for future in submitted:  # all or nothing: an overloaded queue refuses the whole request
-                future.cancel()
-            raise
+        # All or nothing: a full or overloaded queue refuses the whole request (Overloaded).
+        submitted = queue.submit_many([[inputs[i] for i in c] for c in chunks], deadline=deadline, costs=costs)
         waiting = [asyncio.wrap_future(f) for f in submitted]
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -129,7 +174,7 @@ class BatchedPredictor:
             raise DeadlineExceeded(
                 f"no answer from model {model.name!r} version {model.version!r} within {self._timeout_s * 1000:.0f} ms (REQUEST_TIMEOUT_MS)"
             ) from None
-        except DeadlineExceeded:
+        except Overloaded:  # its work was dropped in the queue (MAX_QUEUE_MS, REQUEST_TIMEOUT_MS)
             raise
         except Exception as exc:
             raise InferenceFailed(f"inference failed for model {model.name!r} version {model.version!r}: {exc}") from exc
@@ -137,9 +182,9 @@ class BatchedPredictor:
             for pending in waiting:  # a caller that left (cancelled, timed out, failed) drops its queued work
                 pending.cancel()
         outputs: dict[int, Output] = {}
-        for chunk, result in zip(chunks, results, strict=True):
+        for indexes, result in zip(chunks, results, strict=True):
             latency_ms = round(result.run_ms, 3)
-            for index, row in zip(chunk, result.outputs, strict=True):
+            for index, row in zip(indexes, result.outputs, strict=True):
                 outputs[index] = Output(row=row, latency_ms=latency_ms)
         return [outputs[i] for i in range(len(inputs))]
 

@@ -31,6 +31,9 @@ class SessionConfig:
     providers: Sequence[str] = ("auto",)
     allow_spinning: bool = True
     max_batch_tokens: int = 8192
+    shrink_arena: bool = True
+    """Give the CPU arena's unused memory back after each run (``run_options``), so one large
+    batch does not leave the process hundreds of MB larger for good."""
 
     def with_threads(self, intra_op_threads: int | None) -> SessionConfig:
         return self if intra_op_threads is None else replace(self, intra_op_threads=intra_op_threads)
@@ -62,6 +65,19 @@ class SessionConfig:
     def gpu_requested(self) -> bool:
         """Whether the settings ask for an accelerator (by name, or ``auto`` on a build that has one)."""
         return runs_on_gpu(self.providers) or runs_on_gpu(self.resolved_providers())
+
+
+def run_options(config: SessionConfig) -> ort.RunOptions | None:
+    """Options for every ``session.run`` of a version (None: ONNX Runtime's defaults).
+
+    ONNX Runtime's CPU arena keeps the peak of every run: one batch of 32 texts x 256 tokens
+    leaves it ~300 MB larger. Shrinking after each run frees the chunks the run no longer uses
+    (measured: no cost on a 32-text batch of short texts)."""
+    if not config.shrink_arena:
+        return None
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def runs_on_gpu(providers: Sequence[str]) -> bool:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -105,6 +105,16 @@ class ModelKind(Protocol):
 
     def agrees(self, primary: np.ndarray, shadow: np.ndarray) -> bool:
         """Whether a shadow version's row says the same as the primary's (for shadow metrics)."""
+        ...
+
+
+@runtime_checkable
+class WeighsInputs(Protocol):
+    """A kind whose inputs differ in cost (texts: their tokens). The batcher budgets batches by
+    ``input_cost``; a kind without it costs 1 per input."""
+
+    def input_cost(self, item: Any) -> int:
+        """About what one input costs to run, in the unit of MAX_BATCH_TOKENS; cheap to compute."""
         ...
 
 

@@ -13,10 +13,11 @@ import numpy as np
 
 from engine.errors import InvalidInput, PayloadTooLarge
 from engine.kinds.base import MAX_DETAILS, Limits, ModelFiles, check_count, require_files
-from engine.session import SessionConfig, open_session
+from engine.session import SessionConfig, open_session, run_options
 from engine.tokenization import TextTokenizer
 
 REQUIRED_INPUTS = {"input_ids", "attention_mask"}
+_CHARS_PER_TOKEN = 3
 _WARMUP_TEXTS = ["warm up", "a somewhat longer sentence to warm up a second sequence length in the same batch"]
 
 
@@ -40,6 +41,7 @@ class TextModel:
         require_files(files.model, tokenizer_path)
         self.tokenizer = TextTokenizer.from_file(tokenizer_path)
         self._session = open_session(files.model, session_config)
+        self._run_options = run_options(session_config)
         self._max_batch_tokens = session_config.max_batch_tokens
         inputs = {i.name for i in self._session.get_inputs()}
         if not REQUIRED_INPUTS <= inputs:
@@ -80,6 +82,11 @@ class TextModel:
                 details={"indexes": too_long[:MAX_DETAILS]},
             )
 
+    def input_cost(self, item: Any) -> int:
+        """The text's tokens, estimated from its length without tokenising it (about 3 characters
+        a token or more in most text; at most the tokenizer's maximum, where it truncates)."""
+        return min(self.tokenizer.max_length, len(item) // _CHARS_PER_TOKEN + 2) if isinstance(item, str) else 1
+
     def run(self, inputs: list[Any]) -> np.ndarray:
         """One row per text, in input order; texts run in groups of similar length, each group
         within the token budget (texts x longest <= ``max_batch_tokens``)."""
@@ -88,7 +95,7 @@ class TextModel:
             feeds = batch.feeds()
             if self._takes_token_types:
                 feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
-            result[indexes] = self._session.run([self._output_name], feeds)[0]
+            result[indexes] = self._session.run([self._output_name], feeds, self._run_options)[0]
         return result
 
     def warm_up(self) -> None:

@@ -400,3 +400,222 @@ def test_max_delay_waits_for_a_batch_to_fill_and_no_longer(classifier: TextClass
         assert _result(future).batch_size == 4
     assert time.monotonic() - started < 0.25
     assert observed.batches == [1, 4]
+
+
+POISON = "\ud800 a lone surrogate"  # passes no text check here: the tokenizer cannot take it
+
+
+def test_a_failing_batch_is_split_so_only_the_job_that_fails_fails(
+    classifier: TextClassifier, alone: dict[str, np.ndarray], make_batcher: MakeBatcher
+) -> None:
+    with pytest.raises(TypeError):  # the real tokenizer refuses the poisoned text, whatever it is batched with
+        classifier.run([TEXTS[0], POISON])
+    observed = Observed()
+    run = GatedRun(classifier)
+    batcher = make_batcher(run, max_batch=32, max_queued=1000, name="split", observe=observed)
+    blocker = batcher.submit(TEXTS[:1])
+    assert run.entered.wait(TIMEOUT)
+    jobs = [[TEXTS[i % len(TEXTS)], TEXTS[(i + 3) % len(TEXTS)]] for i in range(12)]
+    jobs[4] = [TEXTS[1], POISON]
+    jobs[9] = [POISON]
+    futures = [batcher.submit(texts) for texts in jobs]
+    run.gate.set()
+    _result(blocker)
+    for i, (texts, future) in enumerate(zip(jobs, futures, strict=True)):
+        if i in (4, 9):
+            with pytest.raises(TypeError):  # the tokenizer's own error, for the caller to map
+                _result(future)
+            continue
+        np.testing.assert_allclose(_result(future).outputs, np.stack([alone[t] for t in texts]), atol=1e-4)
+    assert sum(observed.batches) == 1 + 2 * 10  # every clean input ran once, the poisoned jobs never succeeded
+    # The worker serves on.
+    np.testing.assert_allclose(_result(batcher.submit(TEXTS[2:3])).outputs[0], alone[TEXTS[2]], atol=1e-4)
+
+
+def test_poisoned_and_clean_submissions_under_concurrency_fail_no_clean_one(
+    classifier: TextClassifier, alone: dict[str, np.ndarray], make_batcher: MakeBatcher
+) -> None:
+    batcher = make_batcher(classifier.run, slots=2, max_batch=32, max_queued=10_000, name="poison")
+    failures = {"clean": 0, "poisoned_ok": 0}
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        for i in range(40):
+            poisoned = (worker + i) % 5 == 0
+            text = POISON if poisoned else TEXTS[(worker + i) % len(TEXTS)]
+            future = batcher.submit([text])
+            try:
+                row = _result(future).outputs[0]
+            except Exception:
+                if not poisoned:
+                    with lock:
+                        failures["clean"] += 1
+                continue
+            if poisoned:
+                with lock:
+                    failures["poisoned_ok"] += 1
+            else:
+                np.testing.assert_allclose(row, alone[text], atol=1e-4)
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert failures == {"clean": 0, "poisoned_ok": 0}
+
+
+class Recorded:
+    """A gated run that records each batch's inputs."""
+
+    def __init__(self, classifier: TextClassifier) -> None:
+        self.gated = GatedRun(classifier)
+        self.batches: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.batches.append(list(texts))
+        return self.gated(texts)
+
+
+def test_a_large_request_is_interleaved_and_a_short_one_runs_in_the_next_batch(
+    classifier: TextClassifier, make_batcher: MakeBatcher
+) -> None:
+    run = Recorded(classifier)
+    batcher = make_batcher(run, max_batch=8, max_queued=1000, name="interleave")
+    big_jobs = [[f"{TEXTS[0]} {i} {j}" for j in range(4)] for i in range(10)]  # 10 jobs of 4 texts
+    big = batcher.submit_many(big_jobs)
+    assert run.gated.entered.wait(TIMEOUT)  # the first batch runs: two of its jobs (8 texts)
+    short = batcher.submit(["short"])
+    other = batcher.submit_many([["other 1", "other 2"], ["other 3"]])
+    run.gated.gate.set()
+    _result(short)
+    for future in [*big, *other]:
+        _result(future)
+    assert run.batches[0] == [*big_jobs[0], *big_jobs[1]]
+    # The next batch takes one job of each request, the one that waited longest since its last
+    # progress first, then another turn while they fit: the short request runs in it.
+    assert run.batches[1] == [*big_jobs[2], "short", "other 1", "other 2", "other 3"]
+    assert run.batches[2] == [*big_jobs[3], *big_jobs[4]]
+    assert sum(len(b) for b in run.batches) == 40 + 4
+    assert all(len(b) <= 8 for b in run.batches)
+
+
+def test_batches_respect_the_cost_budget(classifier: TextClassifier, make_batcher: MakeBatcher) -> None:
+    run = Recorded(classifier)
+    batcher = make_batcher(run, max_batch=32, max_queued=1000, name="cost", max_batch_cost=100)
+    blocker = batcher.submit(["block"])
+    assert run.gated.entered.wait(TIMEOUT)
+    futures = [batcher.submit([f"{TEXTS[0]} {i}"], cost=30) for i in range(7)]
+    huge = batcher.submit(["huge"], cost=500)  # costlier than a batch: runs alone
+    run.gated.gate.set()
+    for future in [blocker, *futures, huge]:
+        _result(future)
+    assert [len(b) for b in run.batches] == [1, 3, 3, 1, 1]
+    assert run.batches[-1] == ["huge"]
+
+
+def _measured(batcher: VersionQueue, run: GatedRun) -> float:
+    """Run two jobs that do not fit one batch, so the queue measures its drain rate under a backlog."""
+    assert batcher.drain_rate is None  # an idle queue's small batches are not measured
+    run.gate.clear()
+    run.entered.clear()
+    blocker = batcher.submit(TEXTS[:1], cost=1)
+    assert run.entered.wait(TIMEOUT)
+    size = batcher.max_batch // 2 + 1
+    backlog = [batcher.submit(TEXTS[:size], cost=size) for _ in range(2)]
+    run.gate.set()
+    for future in [blocker, *backlog]:
+        _result(future)
+    rate = batcher.drain_rate
+    assert rate is not None and rate > 0
+    run.gate.clear()
+    run.entered.clear()
+    return rate
+
+
+class Sheds:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, reason: str, inputs: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + inputs
+
+
+def test_admission_refuses_a_request_whose_wait_passes_max_queue_ms_and_admits_a_small_one(
+    classifier: TextClassifier, alone: dict[str, np.ndarray], make_batcher: MakeBatcher
+) -> None:
+    sheds = Sheds()
+    run = GatedRun(classifier)
+    batcher = make_batcher(run, max_batch=8, max_queued=1000, name="admission", max_queue_ms=10_000, on_shed=sheds)
+    rate = _measured(batcher, run)
+    blocker = batcher.submit(TEXTS[:1], cost=1)
+    assert run.entered.wait(TIMEOUT)
+    work = rate * 30  # 30 s of work at the measured rate: over MAX_QUEUE_MS
+    flood = batcher.submit_many([TEXTS[:4]] * 5, costs=[work / 5] * 5)
+    with pytest.raises(Overloaded, match=r"ms of work is queued ahead of this request .*\(MAX_QUEUE_MS\)") as info:
+        batcher.submit_many([TEXTS[:4]] * 5, costs=[work / 5] * 5)
+    assert info.value.code == "overloaded"
+    assert info.value.retry_after_s is not None and 15 <= info.value.retry_after_s <= 25  # ~30 s ahead, less the 10 s allowed
+    small = batcher.submit(TEXTS[5:6], cost=1)  # its fair share is a turn: admitted
+    for future in flood:
+        future.cancel()
+    run.gate.set()
+    _result(blocker)
+    np.testing.assert_allclose(_result(small).outputs[0], alone[TEXTS[5]], atol=1e-4)
+    assert sheds.counts == {"queue_wait": 20, "cancelled": 20}
+
+
+def test_work_that_waits_past_max_queue_ms_is_dropped_with_overloaded(classifier: TextClassifier, make_batcher: MakeBatcher) -> None:
+    sheds = Sheds()
+    observed = Observed()
+    run = GatedRun(classifier)
+    batcher = make_batcher(run, max_batch=8, max_queued=100, name="queuetime", max_queue_ms=100, observe=observed, on_shed=sheds)
+    _measured(batcher, run)
+    observed.batches.clear()
+    blocker = batcher.submit(TEXTS[:1])
+    assert run.entered.wait(TIMEOUT)
+    late = batcher.submit_many([TEXTS[1:3], TEXTS[3:5]])
+    time.sleep(0.3)
+    fresh = batcher.submit(TEXTS[5:6])
+    run.gate.set()
+    _result(blocker)
+    _result(fresh)
+    for future in late:
+        with pytest.raises(Overloaded, match=r"waited \d+ ms in the queue \(MAX_QUEUE_MS\)") as info:
+            _result(future)
+        assert not isinstance(info.value, DeadlineExceeded)
+        assert info.value.retry_after_s is not None and info.value.retry_after_s >= 0
+    assert observed.batches == [1, 1]  # the late request's four texts never ran
+    assert sheds.counts == {"queue_timeout": 4}
+
+
+def test_a_full_queue_refusal_is_counted_and_carries_a_retry_hint(classifier: TextClassifier, make_batcher: MakeBatcher) -> None:
+    sheds = Sheds()
+    run = GatedRun(classifier)
+    batcher = make_batcher(run, max_batch=4, max_queued=6, name="full", on_shed=sheds)
+    _measured(batcher, run)
+    blocker = batcher.submit(TEXTS[:1])
+    assert run.entered.wait(TIMEOUT)
+    queued = batcher.submit(TEXTS[:4])
+    with pytest.raises(Overloaded, match="MAX_QUEUED_INPUTS") as info:
+        batcher.submit_many([TEXTS[:2], TEXTS[2:3]])
+    assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
+    run.gate.set()
+    _result(blocker)
+    _result(queued)
+    assert sheds.counts == {"queue_full": 3}
+
+
+def test_a_request_whose_batch_runs_longer_than_max_queue_ms_keeps_its_queued_jobs(
+    classifier: TextClassifier, alone: dict[str, np.ndarray], make_batcher: MakeBatcher
+) -> None:
+    """The queue-time clock of a request stops while a job of it runs: a slow batch of its own
+    does not get the rest of it dropped."""
+    run = GatedRun(classifier)
+    batcher = make_batcher(run, max_batch=2, max_queued=100, name="progress", max_queue_ms=100)
+    futures = batcher.submit_many([TEXTS[0:2], TEXTS[2:4], TEXTS[4:6]])
+    assert run.entered.wait(TIMEOUT)
+    time.sleep(0.3)  # the first batch runs for three times MAX_QUEUE_MS
+    run.gate.set()
+    for i, future in enumerate(futures):
+        np.testing.assert_allclose(_result(future).outputs, np.stack([alone[t] for t in TEXTS[2 * i : 2 * i + 2]]), atol=1e-4)

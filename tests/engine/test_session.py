@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
 from engine.cpus import available_cpus
-from engine.session import CPU_PROVIDER, CUDA_PROVIDER, SessionConfig, open_session
+from engine.session import CPU_PROVIDER, CUDA_PROVIDER, SessionConfig, open_session, run_options
 from engine.tokenization import TextTokenizer
-from tests.conftest import V1_DIR, require_models
+from tests.conftest import REPO_ROOT, V1_DIR, require_models
 
 
 def test_resolved_threads_honours_an_override() -> None:
@@ -96,3 +99,54 @@ def test_open_session_from_bytes() -> None:
     session = open_session(graph, SessionConfig(intra_op_threads=1, providers=(CPU_PROVIDER,)))
     assert session.get_session_options().intra_op_num_threads == 1
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+
+
+_ARENA_SCRIPT = """
+import random, sys
+from engine.kinds import ModelFiles
+from engine.kinds.text_classification import TextClassifier
+from engine.session import SessionConfig
+from tests.conftest import V1_DIR
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS"))
+
+classifier = TextClassifier(ModelFiles(V1_DIR / "model.onnx"), SessionConfig(intra_op_threads=1, shrink_arena=sys.argv[1] == "1"))
+classifier.run(["a short text to settle the arena"] * 32)
+before = rss_mb()
+words = "an honest patient and quietly moving film about two brothers who travel".split()
+rng = random.Random(0)
+classifier.run([" ".join(rng.choice(words) for _ in range(2000))[:10_000] for _ in range(32)])  # 32 x 256 tokens
+print(rss_mb() - before)
+"""
+
+
+def _arena_growth_mb(shrink: bool) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _ARENA_SCRIPT, "1" if shrink else "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_large_batch_leaves_the_cpu_arena_bounded() -> None:
+    """One batch of 32 texts x 256 tokens grows ONNX Runtime's arena by ~300 MB for good; with
+    shrinkage after each run (the default) the process keeps little of it."""
+    require_models()
+    assert SessionConfig().shrink_arena
+    kept = _arena_growth_mb(shrink=True)
+    grown = _arena_growth_mb(shrink=False)
+    assert grown > 150, grown  # what the arena keeps without shrinkage
+    assert kept < 80, kept
+
+
+def test_run_options_shrink_the_cpu_arena_unless_turned_off() -> None:
+    options = run_options(SessionConfig())
+    assert options is not None
+    assert options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert run_options(SessionConfig(shrink_arena=False)) is None
