@@ -92,7 +92,7 @@ class InferenceEngine:
         version = "unresolved"  # a requested version is user input: only the registry's become labels
         try:
             spec = generation.spec(name)
-            assignment = generation.assign(name, request.model_version, routing_key or request_id)
+            assignment = await generation.route(name, request.model_version, routing_key or request_id)
             if assignment.version in spec.versions:
                 version = assignment.version
             model, outputs = await self._run(generation, name, spec, assignment, request)
@@ -109,6 +109,8 @@ class InferenceEngine:
         self.metrics.inputs.labels(name, version).inc(len(results))
         self.metrics.latency.labels(name, version).observe(latency_ms)
         self.metrics.rollout_assignments.labels(name, assignment.strategy, assignment.arm).inc()
+        if assignment.failover_from is not None:
+            self.metrics.rollout_failovers.labels(name, assignment.failover_from, assignment.version).inc()
         for observe in self.observers:
             observe(name, version, len(results), latency_ms)
         if assignment.shadow is not None:

@@ -9,8 +9,12 @@ it is neither evicted nor unloaded while a request uses it:
         outputs = await predictor.predict(model, inputs)
 
 ``ModelManager.reload`` builds the next generation beside the current one (unchanged versions
-are carried over, loaded as they are), loads and warms what is new, then swaps; versions that
-left are retired when their last lease ends.
+are carried over, loaded as they are; a version that had failed to load is tried again), loads
+and warms what is new, then swaps; versions that left are retired when their last lease ends.
+
+Unpinned traffic whose rollout arm failed to load goes to the model's default version
+(``Generation.route``): a sticky routing key must not keep a client on a version that cannot
+answer. A request that names the failed version still gets ``ModelNotReady``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.errors import ModelNotFound, ModelNotReady, VersionNotFound
@@ -63,6 +67,7 @@ class _Version:
     loaded: LoadedModel | None = None
     leases: int = 0
     retiring: bool = False
+    change_noted: bool = False  # the change of its files on disk was logged
     load_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -72,6 +77,10 @@ class _Version:
     def defined_as(self, model: ModelSpec, spec: VersionSpec) -> bool:
         """Same kind, file and labels: a reload may keep this version as it is."""
         return (self.model.kind, self.model.labels, self.spec) == (model.kind, model.labels, spec)
+
+    def files_changed(self) -> bool:
+        loaded = self.loaded
+        return loaded is not None and loaded.files_changed()
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,10 @@ class VersionView:
     load_ms: float | None
     labels: tuple[str, ...]
     providers: tuple[str, ...]
+    failover_to: str | None = None
+    """The version that answers this one's unpinned traffic, while this one is failed."""
+    files_changed: bool = False
+    """A file this version was loaded from changed on disk since; it serves its private copy."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class _Services:
     hooks: ModelHooks
     metrics: Metrics
     capacity: int
+    on_change: Callable[[], None]
+    """Called after a version of any generation was loaded or unloaded (the manager recounts)."""
 
 
 class Generation:
@@ -110,12 +125,23 @@ class Generation:
         self._lock = threading.RLock()
         self._recent: OrderedDict[Key, None] = OrderedDict()  # loaded versions, least recently used first
         self._versions: dict[Key, _Version] = {}
+        self.retried: set[Key] = set()
+        """Versions defined as before whose previous load had failed: tried again, not carried over."""
+        self.replaced_on_disk: dict[Key, _Version] = {}
+        """Versions defined as before whose files changed on disk since they loaded: loaded again
+        from the files, the previous entry kept here in case the new files do not load."""
         for name, model in registry.models.items():
             for version, spec in model.versions.items():
                 old = (reuse or {}).get((name, version))
-                if old is not None and spec.status != "retired" and old.defined_as(model, spec):
+                same = old is not None and spec.status != "retired" and old.defined_as(model, spec)
+                if old is not None and same and old.state is not ModelState.FAILED and not old.files_changed():
                     entry = old
                 else:
+                    if old is not None and same:
+                        if old.state is ModelState.FAILED:
+                            self.retried.add((name, version))
+                        else:
+                            self.replaced_on_disk[(name, version)] = old
                     entry = _Version(name=name, version=version, model=model, spec=spec)
                     if spec.status == "retired":
                         entry.state = ModelState.RETIRED
@@ -140,6 +166,32 @@ class Generation:
         if pinned is not None:
             return Assignment(version=pinned, strategy="request", arm=pinned)
         return self.strategies[name].assign(routing_bucket(name, routing_key))
+
+    async def route(self, name: str, pinned: str | None, routing_key: str) -> Assignment:
+        """``assign``, then fail over: an unpinned arm that cannot load goes to the default version.
+
+        The arm is loaded first when it is not in memory, so the request that finds it broken is
+        failed over too. The assignment then names the default as version and arm, and the arm
+        the strategy chose as ``failover_from``."""
+        assignment = self.assign(name, pinned, routing_key)
+        entry = self._versions.get((name, assignment.version))
+        if pinned is not None or entry is None or assignment.version == self.registry.models[name].default_version:
+            return assignment
+        if entry.state in (ModelState.UNLOADED, ModelState.LOADING) and not entry.retiring:
+            await asyncio.to_thread(self.ensure_loaded, entry)  # waits for a load under way
+        default = self.failover_to(entry)
+        if default is None:
+            return assignment
+        return replace(assignment, version=default, arm=default, failover_from=assignment.version)
+
+    def failover_to(self, entry: _Version) -> str | None:
+        """The default version when ``entry`` is a failed rollout arm (canary target, A/B arm)."""
+        model = self.registry.models[entry.name]
+        if entry.state is not ModelState.FAILED or entry.version == model.default_version:
+            return None
+        if model.rollout_strategy.type not in ("canary", "ab_test") or entry.version not in model.rollout_versions():
+            return None
+        return model.default_version
 
     @asynccontextmanager
     async def lease(self, name: str, version: str) -> AsyncIterator[LoadedModel]:
@@ -229,7 +281,7 @@ class Generation:
             metrics.model_loads.labels(entry.name, entry.version, "failed").inc()
             logger.error("model %s %s failed to load from %s: %s", entry.name, entry.version, entry.spec.path, entry.error)
             return
-        entry.loaded, entry.state, entry.error = loaded, ModelState.READY, None
+        entry.loaded, entry.state, entry.error, entry.change_noted = loaded, ModelState.READY, None, False
         metrics.model_loads.labels(entry.name, entry.version, "ok").inc()
         metrics.model_load_ms.labels(entry.name, entry.version).set(loaded.load_ms)
 
@@ -273,7 +325,19 @@ class Generation:
         self._update_gauge()
 
     def _update_gauge(self) -> None:
-        self._services.metrics.active_models.set(sum(v.state is ModelState.READY for v in self._versions.values()))
+        self._services.on_change()
+
+    def keep(self, previous: _Version) -> None:
+        """Serve ``previous`` again in place of its fresh entry (whose new files did not load)."""
+        with self._lock:
+            self._versions[previous.key] = previous
+            if previous.state is ModelState.READY:
+                self._recent[previous.key] = None
+
+    def ready_count(self) -> int:
+        """Versions of this generation that are loaded and ready (retiring ones are not served)."""
+        with self._lock:
+            return sum(v.state is ModelState.READY and not v.retiring for v in self._versions.values())
 
     def entries(self) -> dict[Key, _Version]:
         return dict(self._versions)
@@ -282,6 +346,15 @@ class Generation:
         views = []
         for v in self._versions.values():
             loaded = v.loaded
+            changed = loaded is not None and loaded.files_changed()
+            if changed and not v.change_noted:
+                v.change_noted = True
+                logger.warning(
+                    "model %s %s: its files changed on disk since it loaded (%s); it keeps serving the copy it loaded",
+                    v.name,
+                    v.version,
+                    v.spec.path,
+                )
             labels = loaded.runtime.labels if loaded is not None else tuple(v.model.labels or ())
             views.append(
                 VersionView(
@@ -294,6 +367,8 @@ class Generation:
                     load_ms=loaded.load_ms if loaded is not None else None,
                     labels=labels,
                     providers=tuple(loaded.runtime.providers) if loaded is not None else (),
+                    failover_to=self.failover_to(v),
+                    files_changed=changed,
                 )
             )
         return views
@@ -307,7 +382,7 @@ class ModelManager:
     """Owns the current generation: its initial load, reloads with the generation swap, and shutdown."""
 
     def __init__(self, registry: Registry, loader: ModelLoader, hooks: ModelHooks, metrics: Metrics, *, capacity: int) -> None:
-        self._services = _Services(loader=loader, hooks=hooks, metrics=metrics, capacity=capacity)
+        self._services = _Services(loader=loader, hooks=hooks, metrics=metrics, capacity=capacity, on_change=self._count_ready)
         self._current = Generation(registry, self._services)
         self._reload_lock = threading.Lock()
         self.started = False
@@ -321,6 +396,10 @@ class ModelManager:
     def current(self) -> Generation:
         """The generation a new request uses from start to end."""
         return self._current
+
+    def _count_ready(self) -> None:
+        # Whichever generation loaded or unloaded a version, the gauge counts the current one's.
+        self._services.metrics.active_models.set(self._current.ready_count())
 
     @property
     def gpu_requested(self) -> bool:
@@ -348,8 +427,11 @@ class ModelManager:
     def reload(self, path: Path) -> ReloadReport:
         """Re-read the registry; load and warm new or changed versions, then switch traffic.
 
-        A bad file, or a new version that fails to load, leaves the current generation serving;
-        the report says why. Unchanged versions are kept as they are."""
+        A bad file, or a new or changed version that fails to load, leaves the current generation
+        serving; the report says why. Unchanged versions are kept as they are, except that a
+        version that had failed to load is tried again (failing again, it stays failed and the
+        reload goes through), and one whose files changed on disk since it loaded is loaded again
+        (failing, it keeps serving what it had loaded)."""
         with self._reload_lock:
             started = time.perf_counter()
             report = self._reload(path)
@@ -368,30 +450,43 @@ class ModelManager:
         old = self._current
         old_entries = old.entries()
         new = Generation(registry, self._services, reuse=old_entries)
-        new_entries = new.entries()
         fresh = [e for e in new.initial_versions() if e.state is not ModelState.READY]
+        fresh += [e for k, e in new.entries().items() if k in new.replaced_on_disk and e not in fresh]
         failed = [e for e in fresh if not new.ensure_loaded(e, evict=False)]
-        if failed:
+        # A version that failed before and fails again, its definition unchanged, stays failed in the
+        # new registry (its traffic fails over); a version whose files changed on disk and no longer
+        # load keeps serving the copy it loaded. Only new or changed versions that fail refuse it.
+        kept = [new.replaced_on_disk[e.key] for e in failed if e.key in new.replaced_on_disk]
+        for previous in kept:
+            new.keep(previous)
+        refused = [e for e in failed if e.key not in new.retried and e.key not in new.replaced_on_disk]
+        if refused:
             for entry in fresh:
                 new.unload(entry)
-            errors = "; ".join(f"{e.name}:{e.version}: {e.error}" for e in failed)
+            errors = "; ".join(f"{e.name}:{e.version}: {e.error}" for e in refused)
             return ReloadReport(ok=False, registry=str(path), error=f"new versions failed to load, kept the previous registry: {errors}")
+        new_entries = new.entries()
         self._current = new
         self.generation += 1
         old.retire([e for k, e in old_entries.items() if new_entries.get(k) is not e])
+        self._count_ready()
 
-        def names(keys: set[Key]) -> list[str]:
+        def names(keys: Iterable[Key]) -> list[str]:
             return sorted(f"{name}:{version}" for name, version in keys)
 
-        kept = new_entries.keys() & old_entries.keys()
+        both = new_entries.keys() & old_entries.keys()
+        same = {k for k in both if new_entries[k] is old_entries[k] or k in new.retried}
         return ReloadReport(
             ok=True,
             registry=str(path),
             registry_digest=registry.digest,
             added=names(new_entries.keys() - old_entries.keys()),
             removed=names(old_entries.keys() - new_entries.keys()),
-            changed=names({k for k in kept if new_entries[k] is not old_entries[k]}),
-            unchanged=names({k for k in kept if new_entries[k] is old_entries[k]}),
+            changed=names(both - same),
+            unchanged=names(same),
+            retried=names(new.retried),
+            still_failed=names(e.key for e in failed if e.key in new.retried),
+            kept_previous=names(e.key for e in kept),
         )
 
     def close(self) -> None:

@@ -28,6 +28,8 @@ def health_report(models: ModelManager, cache: CacheHealth, *, require_gpu: bool
                 load_ms=round(v.load_ms, 1) if v.load_ms is not None else None,
                 error=v.error,
                 providers=list(v.providers),
+                failover_to=v.failover_to,
+                files_changed=v.files_changed,
             )
             for v in views
         ],

@@ -25,6 +25,9 @@ class Assignment:
     strategy: str
     arm: str
     shadow: str | None = None
+    failover_from: str | None = None
+    """The arm the strategy chose when it could not answer (it failed to load): ``version`` and
+    ``arm`` are then the default version that answers instead."""
 
 
 def routing_bucket(model: str, key: str) -> int:

@@ -22,8 +22,12 @@ class BreakerPosition(enum.Enum):
 
 
 class CircuitBreaker:
-    """Opens after ``failure_threshold`` consecutive failures; after ``cooldown_s`` lets one probe through.
+    """Opens after ``failure_threshold`` consecutive failures of one operation; after ``cooldown_s``
+    lets one probe through.
 
+    Failures are counted overall and per operation (e.g. ``get`` and ``set``): a success ends the
+    overall run but only its own operation's, so a backend whose writes succeed while every read
+    fails still opens it.
     A successful probe closes it, a failed one re-opens it for another cool-down. A probe whose
     outcome is never recorded (its caller was cancelled) stops blocking after one cool-down.
     Callers ask ``allow()`` before a call and report with ``record_success`` / ``record_failure``.
@@ -47,7 +51,8 @@ class CircuitBreaker:
         self._name = name
         self._lock = threading.Lock()
         self._position = BreakerPosition.CLOSED
-        self._failures = 0
+        self._failures: dict[str, int] = {}  # per operation
+        self._run = 0  # any operation, since the last success of any
         self._opened_at = 0.0
         self._probe_started_at: float | None = None
 
@@ -60,14 +65,16 @@ class CircuitBreaker:
 
     @property
     def consecutive_failures(self) -> int:
-        return self._failures
+        """The longest current run of failures: of every operation together, or of one."""
+        with self._lock:
+            return max(self._run, *self._failures.values(), 0)
 
     @property
     def state(self) -> CacheState:
         position = self.position
         if position is BreakerPosition.OPEN:
             return "open"
-        if position is BreakerPosition.HALF_OPEN or self._failures:
+        if position is BreakerPosition.HALF_OPEN or self.consecutive_failures:
             return "degraded"
         return "ok"
 
@@ -89,22 +96,29 @@ class CircuitBreaker:
                 return True
             return False
 
-    def record_success(self) -> None:
+    def record_success(self, operation: str = "call") -> None:
+        """``operation`` succeeded: its failure run ends; a probe's success closes the circuit."""
         with self._lock:
             if self._position is not BreakerPosition.CLOSED:
-                logger.info("%s: backend answered again, circuit closed", self._name)
+                logger.info("%s: backend answered again (%s), circuit closed", self._name, operation)
+                self._failures.clear()
             self._position = BreakerPosition.CLOSED
-            self._failures = 0
+            self._failures.pop(operation, None)
+            self._run = 0
             self._probe_started_at = None
 
-    def record_failure(self) -> None:
+    def record_failure(self, operation: str = "call") -> None:
         with self._lock:
-            self._failures += 1
+            self._run += 1
+            self._failures[operation] = self._failures.get(operation, 0) + 1
+            failures = max(self._run, self._failures[operation])
             if self._position is BreakerPosition.HALF_OPEN or (
-                self._position is BreakerPosition.CLOSED and self._failures >= self.failure_threshold
+                self._position is BreakerPosition.CLOSED and failures >= self.failure_threshold
             ):
                 if self._position is BreakerPosition.CLOSED:
-                    logger.warning("%s: %d consecutive failures, circuit open for %.1f s", self._name, self._failures, self.cooldown_s)
+                    logger.warning(
+                        "%s: %d consecutive %s failures, circuit open for %.1f s", self._name, failures, operation, self.cooldown_s
+                    )
                 self._position = BreakerPosition.OPEN
                 self._opened_at = self._clock()
                 self._probe_started_at = None

@@ -113,12 +113,12 @@ class RedisCache:
                 result = await make()
         except Exception as exc:  # the contract is "never raises": any failure is a miss, counted
             self.errors += 1
-            self.breaker.record_failure()
+            self.breaker.record_failure(operation)
             logger.debug("redis cache %s failed: %r", operation, exc)
             if self._on_error is not None:
                 self._on_error(operation)
             return False, None
-        self.breaker.record_success()
+        self.breaker.record_success(operation)
         return True, result
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:

@@ -77,3 +77,32 @@ def test_a_threshold_of_one_opens_at_the_first_failure() -> None:
 def test_nonsense_settings_are_refused(threshold: int, cooldown_s: float) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(threshold, cooldown_s)
+
+
+def test_failures_of_one_operation_open_it_even_when_another_succeeds() -> None:
+    breaker, _ = make()
+    for _ in range(2):
+        breaker.record_failure("get")
+        breaker.record_success("set")  # ends the overall run, not the reads'
+        assert breaker.position is BreakerPosition.CLOSED and breaker.state == "degraded"
+    breaker.record_failure("get")
+    assert breaker.state == "open"
+
+
+def test_failures_of_every_operation_together_open_it() -> None:
+    breaker, _ = make()
+    breaker.record_failure("get")
+    breaker.record_failure("set")
+    assert breaker.position is BreakerPosition.CLOSED
+    breaker.record_failure("get")
+    assert breaker.state == "open"
+
+
+def test_a_probe_that_succeeds_forgets_every_failure_run() -> None:
+    breaker, clock = make()
+    for _ in range(3):
+        breaker.record_failure("get")
+    clock.advance(5)
+    assert breaker.allow()
+    breaker.record_success("get")
+    assert (breaker.state, breaker.consecutive_failures) == ("ok", 0)

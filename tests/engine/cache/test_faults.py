@@ -226,3 +226,42 @@ def test_a_server_that_answers_garbage_reads_as_misses() -> None:
             await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+async def start_ok_server() -> asyncio.Server:
+    """A fake Redis on 127.0.0.1 that answers ``+OK`` to every command: writes succeed, reads make no sense."""
+
+    async def agree(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while header := await reader.readline():  # a command: *<n>, then n bulk strings ($<len>, data)
+                for _ in range(int(header[1:]) if header.startswith(b"*") else 0):
+                    size = int((await reader.readline())[1:])
+                    await reader.readexactly(size + 2)
+                writer.write(b"+OK\r\n")
+                await writer.drain()
+        except (ConnectionError, OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(agree, "127.0.0.1", 0)
+
+
+def test_read_failures_alone_open_the_circuit_while_writes_succeed() -> None:
+    async def scenario() -> None:
+        server = await start_ok_server()
+        port = server.sockets[0].getsockname()[1]
+        cache = RedisCache(fault_config(port, timeout_ms=500, breaker_cooldown_s=30))
+        try:
+            for i in range(4):
+                assert await cache.get_many([f"k{i}"]) == [None]
+                await cache.set_many({f"k{i}": b"v"}, ttl_s=60)  # answered +OK: a success
+            assert cache.state == "open", (cache.errors, cache.skipped)
+            assert cache.errors == 3  # the three failed reads; then every call is skipped
+            assert cache.skipped > 0
+        finally:
+            await cache.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
