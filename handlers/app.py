@@ -11,19 +11,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 
 from engine.facade import InferenceEngine
 from engine.factory import build_engine
 from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse, ReloadReport
 from engine.settings import Settings
 from handlers.auth import Authenticator
-from handlers.body import RequestBodyMiddleware
-from handlers.errors import error_response, install_error_handlers
+from handlers.body import Guard, RequestBodyMiddleware
+from handlers.errors import HTTP_ERRORS_STATE, ErrorReplies, install_error_handlers
 from handlers.peers import Peers
 
 logger = logging.getLogger(__name__)
@@ -48,8 +51,27 @@ class Probe(BaseModel):
     ready: bool
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, object]]:
-    return {status: {"model": ErrorBody} for status in statuses}
+_STATUS_MEANINGS = {
+    401: "Token missing or wrong (checked on the headers, before the body; the connection is then closed)",
+    403: "Admin endpoints are disabled (ADMIN_TOKEN unset)",
+    404: "Unknown model, version or route",
+    409: "Reload refused; the previous registry keeps serving",
+    413: "Too many inputs, a text too long, or a body over MAX_BODY_BYTES (decoded size for gzip)",
+    415: "Content-Encoding other than gzip or identity",
+    422: "Not JSON, not a valid request, or inputs that do not fit the model",
+    500: "The runtime failed while computing a batch",
+    503: "Not ready, overloaded or past its deadline, or the token store unreadable (Retry-After says when to retry)",
+}
+# Sent for any request by the HTTP server itself, before a route is chosen.
+_PROTOCOL_STATUSES = (408, 431)
+_PROTOCOL_MEANINGS = {408: "Request line, headers or body not received in time", 431: "Request headers too large or too many"}
+# Any POST: the body middleware refuses a body declared too large or encoded otherwise, and bad gzip.
+_BODY_STATUSES = (413, 415, 422)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    meanings = {**_STATUS_MEANINGS, **_PROTOCOL_MEANINGS}
+    return {status: {"model": ErrorBody, "description": meanings[status]} for status in sorted({*statuses, *_PROTOCOL_STATUSES})}
 
 
 def _reload_on_sighup(engine: InferenceEngine, peers: Peers) -> None:
@@ -74,25 +96,38 @@ def _stop_reload_on_sighup() -> None:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
 
-# Declares the X-Token header for the OpenAPI docs; the check itself is _token_checked_route's.
+# Declare the headers for the OpenAPI docs. The checks run twice: as the body middleware's
+# guards, on the headers before the body is read, and again in the route, which stays the
+# authority whatever path the middleware saw.
 _TOKEN_HEADER = APIKeyHeader(name="X-Token", auto_error=False)
+_ADMIN_HEADER = APIKeyHeader(name="X-Admin-Token", auto_error=False, scheme_name="AdminToken")
+_METRICS_BEARER = HTTPBearer(auto_error=False, scheme_name="MetricsToken", description="METRICS_TOKEN, when it is set")
 
 
-def _token_checked_route(auth: Authenticator) -> type[APIRoute]:
-    """A route class that checks X-Token before FastAPI reads the body, so that an
-    unauthenticated caller gets 401 whatever it sent, never a 422 about its body."""
+def _checked_json_route(check: Guard) -> type[APIRoute]:
+    """A route class that runs ``check`` on the headers before FastAPI parses the body, and makes
+    a body that is not JSON Python can read (invalid UTF-8, a number of thousands of digits,
+    nesting deeper than the parser's stack) a 422 like any other invalid body (FastAPI: 400)."""
 
-    class TokenCheckedRoute(APIRoute):
+    class CheckedJsonRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 
-            async def checked(request: Request) -> Response:
-                auth.check(request.headers.get("x-token"))
-                return await handler(request)
+            async def parsed(request: Request) -> Response:
+                check(request.headers)
+                try:
+                    return await handler(request)
+                except HTTPException as exc:
+                    if exc.status_code != 400:
+                        raise
+                    cause = exc.__cause__
+                    reason = f"{type(cause).__name__}: {cause}"[:200] if cause is not None else str(exc.detail)
+                    error = {"type": "json_invalid", "loc": ("body",), "msg": f"the body is not readable JSON ({reason})"}
+                    raise RequestValidationError([error]) from exc
 
-            return checked
+            return parsed
 
-    return TokenCheckedRoute
+    return CheckedJsonRoute
 
 
 class _Disconnected(Exception):
@@ -126,18 +161,18 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     """Build the app. With ``manage_engine`` the lifespan loads the models and closes the engine;
     the Lambda edge passes an engine it already loaded and turns the lifespan off."""
     settings = settings if settings is not None else Settings()
+    auth = Authenticator(settings)  # first: ENVIRONMENT=production refuses insecure tokens before any model loads
     engine = engine if engine is not None else build_engine(settings)
-    auth = Authenticator(settings)
     peers = Peers(settings.workers_dir)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if manage_engine:
             await engine.start()
             _reload_on_sighup(engine, peers)
             peers.publish(engine)
         try:
-            yield
+            yield {HTTP_ERRORS_STATE: engine.metrics.http_errors}
         finally:
             if manage_engine:
                 peers.withdraw()
@@ -151,17 +186,32 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         lifespan=lifespan,
     )
     app.state.engine = engine
-    install_error_handlers(app)
-    app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes)
-
     api = settings.api_v1_str
-    protected = APIRouter(route_class=_token_checked_route(auth), dependencies=[Security(_TOKEN_HEADER)])
+    predict_path, reload_path, cache_path = f"{api}/predict", f"{api}/admin/reload", f"{api}/cache"
+    replies = ErrorReplies(engine.metrics, predict_path)
+    install_error_handlers(app, replies, engine_paths=frozenset({predict_path}))
+
+    def token(headers: Headers) -> None:
+        auth.check(headers.get("x-token"))
+
+    def admin(headers: Headers) -> None:
+        auth.check_admin(headers.get("x-admin-token"))
+
+    guards: dict[tuple[str, str], Guard] = {
+        ("POST", predict_path): token,
+        ("POST", reload_path): admin,
+        ("DELETE", cache_path): admin,
+        ("GET", "/metrics"): auth.check_metrics,
+    }
+    app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes, replies=replies, guards=guards)
+
+    protected = APIRouter(route_class=_checked_json_route(token), dependencies=[Security(_TOKEN_HEADER)])
 
     @protected.post(
-        f"{api}/predict",
+        predict_path,
         response_model=PredictResponse,
-        responses=_errors(401, 404, 413, 422, 503),
-        summary="Classify one or more texts",
+        responses=_errors(401, 404, 413, 415, 422, 500, 503),
+        summary="Run texts or instances through a model",
         tags=["inference"],
     )
     async def predict(body: PredictRequest, request: Request, response: Response) -> PredictResponse | Response:
@@ -175,14 +225,15 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     app.include_router(protected)
 
     @app.post(
-        f"{api}/admin/reload",
+        reload_path,
         response_model=ReloadReport,
-        responses=_errors(401, 403, 409),
+        responses=_errors(401, 403, 409, *_BODY_STATUSES),
         summary="Re-read the model registry",
         tags=["operations"],
+        dependencies=[Security(_ADMIN_HEADER)],
     )
     async def reload(request: Request) -> ReloadReport:
-        auth.check_admin(request.headers.get("x-admin-token"))
+        admin(request.headers)
         before = {info.pid: info.reloads for info in peers.records() or []}
         report = await asyncio.to_thread(engine.reload_or_raise)
         peers.publish(engine)
@@ -192,35 +243,41 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         return report
 
     @app.delete(
-        f"{api}/cache",
+        cache_path,
         response_model=CacheInvalidation,
         responses=_errors(401, 403, 422),
-        summary="Delete cached results of a model (and version), or all",
+        summary="Delete cached results of a model (and version), or all; 'version' needs 'model' (else 422)",
         tags=["operations"],
+        dependencies=[Security(_ADMIN_HEADER)],
     )
     async def invalidate_cache(request: Request, model: str | None = None, version: str | None = None) -> CacheInvalidation:
-        auth.check_admin(request.headers.get("x-admin-token"))
+        admin(request.headers)
         return CacheInvalidation(deleted=await engine.invalidate_cache(model, version))
 
-    @app.get(f"{api}/models", response_model=ModelsReport, summary="List models and versions", tags=["models"])
+    @app.get(f"{api}/models", response_model=ModelsReport, responses=_errors(), summary="List models and versions", tags=["models"])
     @app.get("/models", response_model=ModelsReport, include_in_schema=False)
     async def models() -> ModelsReport:
         return engine.list_models()
 
-    @app.get("/health", response_model=HealthReport, responses={503: {"model": HealthReport}}, tags=["operations"])
+    @app.get(
+        "/health",
+        response_model=HealthReport,
+        responses={**_errors(), 503: {"model": HealthReport, "description": "Not ready"}},
+        tags=["operations"],
+    )
     async def health() -> JSONResponse:
         report = engine.health()
         report.workers = peers.records()
         return JSONResponse(report.model_dump(), status_code=200 if report.ready else 503)
 
-    @app.get("/health/live", response_model=Probe, tags=["operations"], summary="Liveness: the process answers")
+    @app.get("/health/live", response_model=Probe, responses=_errors(), tags=["operations"], summary="Liveness: the process answers")
     async def live() -> Probe:
         return Probe(status="alive", ready=engine.health().ready)
 
     @app.get(
         "/health/ready",
         response_model=Probe,
-        responses={503: {"model": Probe}},
+        responses={**_errors(), 503: {"model": Probe, "description": "Not ready"}},
         tags=["operations"],
         summary="Readiness: default versions loaded and warmed (and on a GPU with REQUIRE_GPU)",
     )
@@ -229,10 +286,21 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         probe = Probe(status=report.status, ready=report.ready)
         return JSONResponse(probe.model_dump(), status_code=200 if report.ready else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
-    async def metrics() -> Response:
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+            **_errors(*((401,) if auth.metrics_protected else ()), 404),
+        },
+        tags=["operations"],
+        summary="Prometheus metrics (METRICS_TOKEN, when set: Authorization: Bearer or X-Token)",
+        dependencies=[Security(_METRICS_BEARER)] if auth.metrics_protected else [],
+    )
+    async def metrics(request: Request) -> Response:
+        auth.check_metrics(request.headers)
         if not settings.enable_metrics:
-            return error_response(404, "not_found", "metrics are disabled (ENABLE_METRICS=false)")
+            return replies.reply(request.url.path, 404, "not_found", "metrics are disabled (ENABLE_METRICS=false)")
         return Response(engine.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -1,8 +1,12 @@
-"""The one table from engine errors to HTTP status codes, and the one JSON error body."""
+"""The one table from engine errors to HTTP status codes, the one JSON error body, and the
+counting and logging of every error reply the HTTP edge sends."""
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +28,7 @@ from engine.errors import (
     ReloadFailed,
     Unauthorized,
 )
+from engine.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +45,34 @@ STATUS_BY_ERROR: tuple[tuple[type[EngineError], int], ...] = (
     (ReloadFailed, 409),
     (InferenceFailed, 500),
 )
-RETRY_AFTER_SECONDS = "1"
+DEFAULT_RETRY_AFTER_S = 1
+SHED_LOG_INTERVAL_S = 10.0
+# Codes of the HTTP edge itself (not engine errors), by status.
+HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    431: "request_headers_too_large",
+}
+
+
+HTTP_ERRORS_STATE = "http_errors"
+"""Key of the ``http_errors`` counter in the app's lifespan state: the server's HTTP protocol
+(``handlers.http_protocol``) counts the replies it sends itself (408, 431, 503) there."""
 
 
 def status_for(error: EngineError) -> int:
     return next((status for cls, status in STATUS_BY_ERROR if isinstance(error, cls)), 500)
+
+
+def retry_after(retry_after_s: float | None) -> str:
+    """``Retry-After`` in whole seconds: the engine's estimate rounded up, at least 1; 1 without one."""
+    if retry_after_s is None or not math.isfinite(retry_after_s):
+        return str(DEFAULT_RETRY_AFTER_S)
+    return str(max(DEFAULT_RETRY_AFTER_S, math.ceil(retry_after_s)))
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -55,37 +83,112 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+def error_response(
+    status: int, code: str, message: str, details: Any = None, *, retry_after_s: float | None = None, close: bool = False
+) -> JSONResponse:
+    """The error reply. 503 says when to retry; 401 names the header; ``close`` ends the connection
+    (the request body was not read)."""
+    headers: dict[str, str] = {}
+    if status == 503:
+        headers["Retry-After"] = retry_after(retry_after_s)
     if status == 401:
-        headers = {"WWW-Authenticate": "X-Token"}
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+        headers["WWW-Authenticate"] = "X-Token"
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers or None)
 
 
-async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, EngineError)
-    status = status_for(exc)
-    if status >= 500:
-        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__)
-    return error_response(status, exc.code, exc.message, exc.details)
+class ShedLog:
+    """At most one WARNING per code every ``interval_s`` for shed requests (503 overloaded /
+    deadline_exceeded), with how many were not logged. Under overload a line per request would
+    be thousands a second; the counters (``inference_errors``, ``http_errors``) count each one."""
+
+    def __init__(self, interval_s: float = SHED_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def shed(self, path: str, error: Overloaded) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(error.code)
+            if last is not None and now - last < self._interval_s:
+                self._suppressed[error.code] = self._suppressed.get(error.code, 0) + 1
+                return
+            self._last[error.code] = now
+            suppressed = self._suppressed.pop(error.code, 0)
+        logger.warning(
+            "%s shed (%s): %s; %d more not logged in the last %.0f s", path, error.code, error.message, suppressed, self._interval_s
+        )
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return error_response(422, "invalid_request", "the request body is not a valid request", details)
+class ErrorReplies:
+    """Builds every error reply of the HTTP edge and counts it in ``http_errors{status, code}``.
+
+    A rejection of the predict route that never reached the engine (401, 413, 415, 422 on the
+    body) is also a failed prediction request: it is counted as the facade counts one that
+    fails before its model is known, in ``inference_requests{model="unknown",
+    model_version="unresolved", outcome=code}`` and ``inference_errors{code}``."""
+
+    def __init__(self, metrics: Metrics | None, predict_path: str) -> None:
+        self._metrics = metrics
+        self._predict_path = predict_path
+        self.shed_log = ShedLog()
+
+    def reply(
+        self,
+        path: str,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        *,
+        retry_after_s: float | None = None,
+        close: bool = False,
+        engine_counted: bool = False,
+    ) -> JSONResponse:
+        if self._metrics is not None:
+            self._metrics.http_errors.labels(str(status), code).inc()
+            if path == self._predict_path and not engine_counted:
+                self._metrics.requests.labels("unknown", "unresolved", code).inc()
+                self._metrics.errors.labels(code).inc()
+        return error_response(status, code, message, details, retry_after_s=retry_after_s, close=close)
+
+    def for_error(self, path: str, method: str, error: EngineError, *, close: bool = False, engine_counted: bool = False) -> JSONResponse:
+        status = status_for(error)
+        if isinstance(error, Overloaded):
+            self.shed_log.shed(path, error)
+        elif status >= 500:
+            logger.error("%s %s failed: %s", method, path, error.message, exc_info=error.__cause__)
+        retry_after_s = error.retry_after_s if isinstance(error, Overloaded) else None
+        return self.reply(
+            path, status, error.code, error.message, error.details, retry_after_s=retry_after_s, close=close, engine_counted=engine_counted
+        )
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    response = error_response(exc.status_code, code, str(exc.detail))
-    for key, value in (exc.headers or {}).items():
-        response.headers[key] = value
-    return response
+def install_error_handlers(app: FastAPI, replies: ErrorReplies, *, engine_paths: frozenset[str] = frozenset()) -> None:
+    """Map engine errors, invalid requests and HTTP errors to the error body. An engine error
+    of a route in ``engine_paths`` was counted by the facade already."""
 
+    async def engine_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EngineError)
+        path = request.url.path
+        return replies.for_error(path, request.method, exc, engine_counted=path in engine_paths)
 
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(EngineError, _engine_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        return replies.reply(request.url.path, 422, "invalid_request", "the request is not a valid request", details)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        response = replies.reply(request.url.path, exc.status_code, code, str(exc.detail))
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    app.add_exception_handler(EngineError, engine_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -2,7 +2,8 @@
 
 API Gateway HTTP API (payload 2.0), REST API (1.0) and ALB events all work. Mangum runs the
 ASGI lifespan on every invocation (Kludex/mangum#342), so the lifespan is off and the engine
-is built once per cold start, at import, by the shared factory.
+is built once per cold start, at import, by the shared factory. With ENVIRONMENT=production
+the init fails when the API would accept the development default token, or none.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from mangum import Mangum
 
 from handlers.app import create_app
+from handlers.auth import check_production
 from handlers.coldstart import cold_start_engine, cold_start_settings
 from handlers.powertools import CORRELATION_ID_PATH, instrument, logger, metrics, trace
 
 settings = cold_start_settings()
+check_production(settings)  # ENVIRONMENT=production: fail the init with the default token, before any model loads
 engine = cold_start_engine()
 instrument(engine)
 adapter = Mangum(

@@ -166,3 +166,30 @@ def test_from_values_still_validates() -> None:
     with pytest.raises(ValidationError):
         Settings.from_values({"batch_size": -5})
     assert Settings.from_values({"batch_size": "64"}).batch_size == 64
+
+
+def test_auth_settings_from_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings()
+    assert (defaults.auth_tokens, defaults.metrics_token, defaults.environment) == (None, None, "development")
+    monkeypatch.setenv("AUTH_TOKENS", "old-one,older-one")
+    monkeypatch.setenv("METRICS_TOKEN", "scrape-me")
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    settings = Settings()
+    assert settings.auth_tokens is not None and settings.auth_tokens.get_secret_value() == "old-one,older-one"
+    assert settings.metrics_token is not None and settings.metrics_token.get_secret_value() == "scrape-me"
+    assert settings.environment == "production"
+    assert "old-one" not in repr(settings) and "scrape-me" not in repr(settings)
+
+
+def test_blank_auth_tokens_and_metrics_token_are_unset(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_TOKENS", "")
+    monkeypatch.setenv("METRICS_TOKEN", "")
+    settings = Settings()
+    assert (settings.auth_tokens, settings.metrics_token) == (None, None)
+
+
+@pytest.mark.parametrize("value", ["prod", "staging", ""])
+def test_an_unknown_environment_is_refused(clean_env: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ENVIRONMENT", value)
+    with pytest.raises(ValidationError, match="environment"):
+        Settings()

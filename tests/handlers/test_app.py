@@ -119,6 +119,7 @@ def test_missing_or_bad_token_is_401(client: httpx.Client, token: str | None) ->
 
 def test_auth_is_checked_before_the_body(client: httpx.Client) -> None:
     _assert_error(client.post("/api/v1/predict", content=b"not json"), 401, "unauthorized")
+    _assert_error(client.post("/api/v1/predict", content=b"\xff" * 100, headers={"Content-Encoding": "br"}), 401, "unauthorized")
 
 
 @pytest.mark.parametrize(
@@ -450,3 +451,156 @@ def test_a_lone_surrogate_gets_422_and_never_fails_other_requests(live_server: L
             assert error["details"] == {"indexes": [1]}
         else:
             assert reply.status_code == 200, reply.text
+
+
+# Request ids: echoed in X-Request-ID, so checked before any inference runs.
+
+
+def _raw_post(server: LiveServer, body: bytes) -> bytes:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    request = (
+        f"POST /api/v1/predict HTTP/1.1\r\nHost: {host}\r\nX-Token: {server.token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        while chunk := sock.recv(65_536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    ["line\r\nX-Injected: 1", "tab\there", "bell\x07", "nul\x00", "del\x7f", "caf\u00e9", "\u20ac-euro", "\U0001f600", " padded "],
+    ids=["crlf", "tab", "bell", "nul", "del", "latin-1", "non-latin-1", "emoji", "padded"],
+)
+def test_a_request_id_no_header_can_carry_is_422(live_server: LiveServer, request_id: str) -> None:
+    body = json.dumps({"id": request_id, "texts": ["fine"], "model_version": "v1"}).encode()
+    reply = _raw_post(live_server, body)
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 422"), reply[:300]
+    assert b"x-injected" not in head.lower()
+    error = json.loads(payload)["error"]
+    assert error["code"] == "invalid_request" and error["details"][0]["loc"] == ["body", "id"]
+
+
+def test_a_printable_request_id_is_echoed(client: httpx.Client, live_server: LiveServer) -> None:
+    request_id = "order 42/a-b_c:d@e~!"
+    response = client.post("/api/v1/predict", json={"id": request_id, "texts": ["ok"]}, headers=_auth(live_server))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == request_id == response.json()["request_id"]
+
+
+# Bodies Python's JSON parser cannot read are invalid bodies like any other: 422, never 400.
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"texts": ["caf\xe9"]}',
+        b'{"texts": ["a"], "id": "\xff\xfe"}',
+        b'{"texts": ["a"], "model_version": ' + b"1" * 5000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["invalid-utf8", "invalid-utf8-id", "10**5000", "deep-array", "deep-texts"],
+)
+def test_unreadable_json_is_422(client: httpx.Client, live_server: LiveServer, body: bytes) -> None:
+    error = _assert_error(client.post("/api/v1/predict", content=body, headers=_auth(live_server)), 422, "invalid_request")
+    assert error["details"]
+
+
+def test_a_gzip_body_over_http(client: httpx.Client, live_server: LiveServer) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"texts": ["This is terrible"], "model_version": "v1"}')
+    response = client.post("/api/v1/predict", content=body, headers={**_auth(live_server), "Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["prediction"] == "negative"
+
+
+# Every error reply is counted; predict-route rejections before the engine count as requests too.
+
+
+def _sample(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.rsplit(" ", 1)[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_401_413_422_and_415_are_counted(client: httpx.Client, live_server: LiveServer) -> None:
+    series = {
+        401: ('http_errors_total{code="unauthorized",status="401"}', 'inference_errors_total{code="unauthorized"}'),
+        413: ('http_errors_total{code="payload_too_large",status="413"}', 'inference_errors_total{code="payload_too_large"}'),
+        415: ('http_errors_total{code="unsupported_media_type",status="415"}', 'inference_errors_total{code="unsupported_media_type"}'),
+        422: ('http_errors_total{code="invalid_request",status="422"}', 'inference_errors_total{code="invalid_request"}'),
+    }
+    unknown = 'inference_requests_total{model="unknown",model_version="unresolved",outcome="%s"}'
+    before = client.get("/metrics").text
+    assert client.post("/api/v1/predict", json={"texts": ["a"]}).status_code == 401
+    big = json.dumps({"texts": ["y" * 9_000] * 500}).encode()
+    assert client.post("/api/v1/predict", content=big, headers=_auth(live_server)).status_code == 413
+    assert client.post("/api/v1/predict", content=b"{}", headers={**_auth(live_server), "Content-Encoding": "br"}).status_code == 415
+    assert client.post("/api/v1/predict", content=b"{", headers=_auth(live_server)).status_code == 422
+    after = client.get("/metrics").text
+    for status, names in series.items():
+        for name in names:
+            assert _sample(after, name) == _sample(before, name) + 1, (status, name)
+    for code in ("unauthorized", "payload_too_large", "unsupported_media_type", "invalid_request"):
+        assert _sample(after, unknown % code) == _sample(before, unknown % code) + 1, code
+    # An engine error is counted once, by the facade, and once as an HTTP error reply.
+    client.post("/api/v1/predict", json={"texts": ["a"], "model": "nope"}, headers=_auth(live_server))
+    final = client.get("/metrics").text
+    not_found = 'inference_errors_total{code="model_not_found"}'
+    assert _sample(final, not_found) == _sample(after, not_found) + 1
+    assert _sample(final, 'http_errors_total{code="model_not_found",status="404"}') >= 1
+
+
+# The OpenAPI schema says what the server accepts and every status it sends.
+
+
+def test_openapi_request_schema_takes_exactly_one_input_field(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    schema = spec["components"]["schemas"]["PredictRequest"]
+    assert schema["oneOf"] == [
+        {"required": ["texts"], "properties": {"texts": {"type": "array"}}},
+        {"required": ["instances"], "properties": {"instances": {"type": "array"}}},
+    ]
+    assert schema["additionalProperties"] is False
+    id_schema = next(s for s in schema["properties"]["id"]["anyOf"] if s.get("type") == "string")
+    assert id_schema["pattern"] == "^([!-~]([ -~]*[!-~])?)?$" and id_schema["maxLength"] == 256
+
+
+def test_openapi_documents_every_status_and_the_metrics_media_type(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    statuses = {(path, method): set(op["responses"]) for path, item in paths.items() for method, op in item.items()}
+    assert statuses["/api/v1/predict", "post"] == {"200", "401", "404", "408", "413", "415", "422", "431", "500", "503"}
+    assert statuses["/api/v1/admin/reload", "post"] == {"200", "401", "403", "408", "409", "413", "415", "422", "431"}
+    assert statuses["/api/v1/cache", "delete"] == {"200", "401", "403", "408", "422", "431"}
+    assert statuses["/metrics", "get"] == {"200", "404", "408", "431"}  # 401 too with METRICS_TOKEN (test_contract)
+    assert statuses["/health", "get"] == statuses["/health/ready", "get"] == {"200", "408", "431", "503"}
+    assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+    for (path, method), codes in statuses.items():
+        for code in codes - {"200"}:
+            content = paths[path][method]["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+            assert content.endswith(("/ErrorBody", "/HealthReport", "/Probe")), (path, method, code)
+
+
+def test_production_refuses_to_serve_with_the_default_token(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REGISTRY_PATH, REPO_ROOT
+    from tests.network import free_port
+
+    # One process or a supervisor with workers: one clear error before anything is loaded or forked.
+    for token, workers in (("secret-token", "1"), ("", "1"), ("secret-token", "2")):
+        env = {**os.environ, "ENVIRONMENT": "production", "AUTH_TOKEN": token, "MODEL_REGISTRY_PATH": str(REGISTRY_PATH)}
+        command = [sys.executable, "-m", "handlers.cli", "serve", "--host", "127.0.0.1", "--port", str(free_port()), "--workers", workers]
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "ENVIRONMENT=production" in result.stderr and "AUTH_TOKEN" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -28,8 +28,11 @@ def run(models_dir: Path) -> Run:
         rest_api(v1, "POST", "/api/v1/predict", SEED_BODY, TOKEN, stage="prod"),
         alb("POST", "/api/v1/predict", SEED_BODY, {**TOKEN, "x-amzn-trace-id": "Root=1-abc"}),
         http_api(v2, "POST", "/api/v1/predict", '{"model": "iris", "instances": [[6.7, 3.0, 5.2, 2.3]]}', TOKEN, request_id="req-iris"),
+        http_api(v2, "POST", "/api/v1/predict", SEED_BODY, {"x-token": "previous-token"}, request_id="req-rotated"),
+        http_api(v2, "POST", "/api/v1/predict", SEED_BODY, {"x-token": "secret-token"}, request_id="req-default"),
     ]
-    return run_lambda("handlers.lambda_http", events)
+    # As template.yaml deploys it: ENVIRONMENT=production, a token of its own, and one being rotated out.
+    return run_lambda("handlers.lambda_http", events, ENVIRONMENT="production", AUTH_TOKENS="previous-token")
 
 
 def _body(response: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +78,7 @@ def test_tabular_model_through_lambda(run: Run) -> None:
 
 def test_json_logs_carry_the_correlation_id_and_cold_start(run: Run) -> None:
     requests = [line for line in run.logs if line.get("message") == "http request"]
-    assert len(requests) == 8
+    assert len(requests) == 10
     assert [line["correlation_id"] for line in requests[:2]] == ["req-seed", "req-b64"]
     assert requests[6]["correlation_id"] == "Root=1-abc"  # ALB: the trace header
     assert [line["cold_start"] for line in requests[:2]] == [True, False]
@@ -88,7 +91,7 @@ def test_emf_metrics_cold_start_once_and_per_model(run: Run) -> None:
     assert sum("ColdStart" in m for m in emf) == 1
     predictions = [m for m in emf if "Predictions" in m]
     assert {(m["model"], m["model_version"]) for m in predictions} >= {("sentiment_analysis", "v1"), ("iris", "v1")}
-    assert len([m for m in emf if "PredictionLatency" in m]) == len(predictions) == 5
+    assert len([m for m in emf if "PredictionLatency" in m]) == len(predictions) == 6
 
 
 def test_base_path_of_a_custom_domain_is_stripped(models_dir: Path) -> None:
@@ -103,3 +106,44 @@ def test_with_tracing_enabled_the_handler_is_traced_and_still_answers(models_dir
     # Powertools' Tracer is real here; POWERTOOLS_TRACE_DISABLED keeps it from sending to a daemon.
     result = run_lambda("handlers.lambda_http", [event], ENABLE_TRACING="true")
     assert result.responses[0]["statusCode"] == 200
+
+
+def test_production_accepts_the_rotated_token_and_never_the_default(run: Run) -> None:
+    assert run.responses[8]["statusCode"] == 200, run.responses[8]
+    assert (run.responses[9]["statusCode"], _body(run.responses[9])["error"]["code"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("token", ["secret-token", ""])
+def test_production_cold_start_fails_with_the_default_token_or_none(models_dir: Path, token: str) -> None:
+    import asyncio
+    import os
+
+    from emulator.pool import WorkerPool
+    from emulator.template import FunctionSpec
+    from tests.conftest import REPO_ROOT
+    from tests.handlers.lambda_harness import DEFAULT_ENVIRONMENT, FUNCTION_NAME
+
+    spec = FunctionSpec(
+        FUNCTION_NAME,
+        "handlers.lambda_http.handler",
+        REPO_ROOT,
+        memory_mb=2048,
+        timeout_s=60.0,
+        # No registry either: the refusal must come first, before the engine is built.
+        environment={**DEFAULT_ENVIRONMENT, "ENVIRONMENT": "production", "AUTH_TOKEN": token, "MODEL_REGISTRY_PATH": "/nonexistent.yaml"},
+    )
+    logged: list[str] = []
+
+    async def invoke_once() -> tuple[str | None, bytes]:
+        pool = WorkerPool(spec, os.environ, max_concurrency=1, log_sink=lambda _function, text: logged.append(text))
+        try:
+            event = http_api(generate("apigateway", "http-api-proxy"), "POST", "/api/v1/predict", SEED_BODY, {"x-token": token})
+            invocation = await pool.invoke(json.dumps(event).encode())
+            return invocation.function_error, invocation.payload
+        finally:
+            await pool.close()
+
+    function_error, payload = asyncio.run(invoke_once())
+    log = "".join(logged)
+    assert function_error, payload
+    assert "InsecureConfiguration" in payload.decode() + log and "ENVIRONMENT=production" in payload.decode() + log

@@ -195,3 +195,18 @@ def test_tools_venv_has_the_pinned_versions() -> None:
     installed = {p["name"].lower(): p["version"] for p in json.loads(result.stdout)}
     assert {name: installed.get(name) for name in pins} == pins, "run `make tools`"
     assert tool("hadolint").is_file()
+
+
+def test_the_functions_run_in_production_and_never_with_the_default_token() -> None:
+    template = load_template()
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["ENVIRONMENT"] == "production"
+    env = template["Resources"]["InferenceFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["AUTH_TOKEN"] == {"Fn::If": ["HasAuthToken", {"Ref": "AuthToken"}, {"Ref": "AWS::NoValue"}]}
+    assert env["AUTH_TOKENS"] == {"Fn::If": ["HasPreviousAuthTokens", {"Ref": "PreviousAuthTokens"}, {"Ref": "AWS::NoValue"}]}
+    for name in ("AuthToken", "PreviousAuthTokens"):
+        assert template["Parameters"][name]["NoEcho"] is True and template["Parameters"][name]["Default"] == ""
+    assertions = [a["Assert"] for a in template["Rules"]["TokenConfigured"]["Assertions"]]
+    # Some token must be given, and AuthToken must not be the development default.
+    assert {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuthToken"}, "secret-token"]}]} in assertions
+    assert any("Fn::Or" in a for a in assertions)
+    assert "secret-token" not in json.dumps(template["Globals"]) + json.dumps(template["Resources"])
