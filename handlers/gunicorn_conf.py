@@ -5,7 +5,8 @@
 As with ``mlinfer serve --workers N`` (which measured better, see the README): /metrics sums
 every worker (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder unless already set), a reload that
 reaches one worker reaches all of them (``WORKERS_DIR``), and SIGTERM lets in-flight requests
-finish within ``SHUTDOWN_TIMEOUT_S``. Binds ``HOST:PORT`` (127.0.0.1:8000) unless ``-b`` says otherwise.
+finish within ``SHUTDOWN_TIMEOUT_S``. Each worker serves with the same connection limits
+(``handlers.http_protocol``) and raises its open files limit to fit them. Binds ``HOST:PORT`` (127.0.0.1:8000) unless ``-b`` says otherwise.
 
 This module runs in the gunicorn master before any worker starts: the folders must be in the
 environment before a worker imports prometheus_client, which reads it once at import.
@@ -31,6 +32,17 @@ reuse_port = True
 graceful_timeout = int(float(os.environ.get("SHUTDOWN_TIMEOUT_S", "20"))) + 5
 timeout = 120  # model load and warm-up happen in the worker before it answers gunicorn's heartbeat
 accesslog = None
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # In the worker, before it builds its server: gunicorn made the worker's uvicorn config in
+    # the master with uvicorn's own protocol; give it ours.
+    from engine.settings import Settings
+    from handlers.server import configure_logging, http_protocol
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    worker.config.http = http_protocol(settings)
 
 
 def child_exit(server: Any, worker: Any) -> None:

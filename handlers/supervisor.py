@@ -10,6 +10,8 @@
 - **One registry.** ``WORKERS_DIR`` is where each worker publishes what it serves; a reload
   reaching one worker is passed on to the others (``handlers.peers``). SIGHUP to the
   supervisor reaches every worker.
+- **Connection limits.** Each worker applies them on its own (``handlers.http_protocol``):
+  ``MAX_CONNECTIONS`` is per worker, and each raises its own open files limit to fit it.
 - **Drain.** SIGTERM (or SIGINT) is passed on: each worker stops accepting, finishes its
   in-flight requests within ``SHUTDOWN_TIMEOUT_S``, then exits. A worker that dies is
   replaced; workers that keep dying at start (a port in use, a broken registry) stop the server.

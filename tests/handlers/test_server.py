@@ -63,7 +63,12 @@ def _post(base_url: str, texts: list[str], results: list[int]) -> None:
 def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> None:
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
     process, base_url = start_server(
-        tmp_path / "server.log", MODEL_REGISTRY_PATH=str(registry), INSTANCES="1", CACHE_BACKEND="none", SHUTDOWN_TIMEOUT_S="60"
+        tmp_path / "server.log",
+        MODEL_REGISTRY_PATH=str(registry),
+        INSTANCES="1",
+        CACHE_BACKEND="none",
+        SHUTDOWN_TIMEOUT_S="60",
+        MAX_QUEUE_MS="120000",  # the requests queue behind each other on one instance: none is shed
     )
     statuses: list[int] = []
     clients = [threading.Thread(target=_post, args=(base_url, long_texts(f"c{i}", 128), statuses)) for i in range(4)]
@@ -89,7 +94,12 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(tmp_path: Path) -> No
 def test_work_of_a_client_that_disconnected_never_runs(tmp_path: Path) -> None:
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
     process, base_url = start_server(
-        tmp_path / "server.log", MODEL_REGISTRY_PATH=str(registry), INSTANCES="1", CACHE_BACKEND="none", BATCH_SIZE="8"
+        tmp_path / "server.log",
+        MODEL_REGISTRY_PATH=str(registry),
+        INSTANCES="1",
+        CACHE_BACKEND="none",
+        BATCH_SIZE="8",
+        MAX_QUEUE_MS="120000",  # the two requests queue on one instance: only the departed one may be dropped
     )
     try:
         statuses: list[int] = []

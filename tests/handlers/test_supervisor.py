@@ -173,25 +173,24 @@ def test_a_port_in_use_fails_with_a_clear_message(registry: Path, tmp_path: Path
     assert f"cannot bind 127.0.0.1:{port}" in result.stderr
 
 
-def test_the_seeds_gunicorn_command_sums_metrics_and_reloads_every_worker(registry: Path, tmp_path: Path) -> None:
+def start_gunicorn(log_path: Path, *, workers: int = 2, **env_overrides: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The seed's gunicorn command on a free 127.0.0.1 port, once every worker has published; fails with its log otherwise."""
     gunicorn = Path(sys.executable).parent / "gunicorn"
     if not gunicorn.is_file():
         pytest.fail(f"{gunicorn} is missing: install the cpu extra (pip install -e '.[cpu]'; make test does)")
     port = free_port()
-    log_path = tmp_path / "gunicorn.log"
     env = {
         **os.environ,
         "AUTH_TOKEN": TOKEN,
-        "ADMIN_TOKEN": ADMIN,
-        "MODEL_REGISTRY_PATH": str(registry),
         "CACHE_BACKEND": "none",
         "LOG_LEVEL": "WARNING",
         "HOST": "127.0.0.1",
         "PORT": str(port),
+        **env_overrides,
     }
     for name in ("PROMETHEUS_MULTIPROC_DIR", "WORKERS_DIR"):
         env.pop(name, None)
-    command = [str(gunicorn), "-c", "python:handlers.gunicorn_conf", "-w", "2", "-k", "uvicorn.workers.UvicornWorker"]
+    command = [str(gunicorn), "-c", "python:handlers.gunicorn_conf", "-w", str(workers), "-k", "uvicorn.workers.UvicornWorker"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*command, "handlers.server:app_from_env()"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -199,7 +198,27 @@ def test_the_seeds_gunicorn_command_sums_metrics_and_reloads_every_worker(regist
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(process, f"{base_url}/health/ready", log_path, what="gunicorn", timeout_s=WAIT_S)
-        until(lambda: len(fresh_get(base_url, "/health").json()["workers"] or []) == 2, "both gunicorn workers published")
+        until(lambda: len(fresh_get(base_url, "/health").json()["workers"] or []) == workers, "every gunicorn worker published")
+    except BaseException:
+        stop_gunicorn(process)
+        raise
+    return process, port
+
+
+def stop_gunicorn(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_the_seeds_gunicorn_command_sums_metrics_and_reloads_every_worker(registry: Path, tmp_path: Path) -> None:
+    log_path = tmp_path / "gunicorn.log"
+    process, port = start_gunicorn(log_path, ADMIN_TOKEN=ADMIN, MODEL_REGISTRY_PATH=str(registry))
+    base_url = f"http://127.0.0.1:{port}"
+    try:
         for i in range(30):
             assert predict(base_url, f"gunicorn request {i}").status_code == 200
         assert metric_sum(fresh_get(base_url, "/metrics").text, "inference_requests_total", outcome="ok") == 30
@@ -209,12 +228,7 @@ def test_the_seeds_gunicorn_command_sums_metrics_and_reloads_every_worker(regist
             report = client.post("/api/v1/admin/reload", headers={"X-Admin-Token": ADMIN}).json()
         assert len(report["workers"]) == 2 and all(w["generation"] == 2 for w in report["workers"]), report
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_gunicorn(process)
     assert not re.search(r"Traceback|Exception in ASGI", log_path.read_text()), log_path.read_text()[-3000:]
 
 
