@@ -94,9 +94,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The template's Lambda functions, locally: HTTP front on :3000, Invoke API on :3001.
+# The template's Lambda functions, locally: HTTP front on :3000, Invoke API on :3001, as a development
+# deployment (the sample events' token; the template itself runs with ENVIRONMENT=production).
+EMULATE_ARGS ?= --env-vars events/local-env.json
 emulate: setup
 	$(BIN)/mlinfer emulate $(EMULATE_ARGS)
+
+# The HTTP API under schemathesis (--checks all), with and without tokens: about 2,100 cases (bench/RESULTS.md).
+.PHONY: fuzz
+fuzz: setup tools
+	$(BIN)/python bench/fuzz.py
 
 .PHONY: emulate bench-serving
 # In-process: raw ONNX Runtime vs the engine vs one HTTP client (bench/RESULTS.md).

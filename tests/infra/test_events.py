@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from functools import cache
 from typing import Any
 
 import pytest
 
+from tests.conftest import REPO_ROOT
 from tests.infra.conftest import EVENTS_DIR, report, run_tool
 
 PREDICT_BODY = {"id": "1", "texts": ["I love this product"], "model_version": "v1"}
+LOCAL_ENV = EVENTS_DIR / "local-env.json"  # --env-vars of `make emulate` and the README's invoke commands
 
 
 def event(name: str) -> dict[str, Any]:
@@ -27,7 +32,7 @@ def generated(service: str, kind: str) -> dict[str, Any]:
 
 
 def test_every_event_file_is_json_object() -> None:
-    names = sorted(p.name for p in EVENTS_DIR.glob("*.json"))
+    names = sorted(p.name for p in EVENTS_DIR.glob("*.json") if p.name != LOCAL_ENV.name)
     assert names == ["http_api_predict.json", "rest_api_predict.json", "sqs_batch.json"]
     for name in names:
         assert isinstance(event(name), dict), name
@@ -87,3 +92,23 @@ def test_sqs_event_matches_sam_generate_event(index: int) -> None:
     record, template = ours["Records"][index], sams["Records"][0]
     assert set(record) == set(template)
     assert set(record["attributes"]) == set(template["attributes"])
+
+
+def _invoke_predict(*extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "handlers.cli", "invoke", "InferenceFunction", "-e", str(EVENTS_DIR / "http_api_predict.json"), *extra]
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTH_TOKEN", "AUTH_TOKENS", "ENVIRONMENT")}
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_template_runs_in_production_and_the_local_env_file_runs_the_sample_events() -> None:
+    # As deployed (ENVIRONMENT=production, no token given): init refuses the events' development token.
+    refused = _invoke_predict()
+    assert "ENVIRONMENT=production" in refused.stdout + refused.stderr, refused.stderr[-3000:]
+    assert '"statusCode": 200' not in refused.stdout
+    # The README's command: a development deployment, the sample events' token.
+    assert json.loads(LOCAL_ENV.read_text()) == {"InferenceFunction": {"ENVIRONMENT": "development", "AUTH_TOKEN": "secret-token"}}
+    served = _invoke_predict("--env-vars", str(LOCAL_ENV))
+    assert served.returncode == 0, served.stderr[-3000:]
+    response = json.loads(served.stdout.strip().splitlines()[-1])
+    assert response["statusCode"] == 200, response
+    assert json.loads(response["body"])["results"][0]["prediction"] == "positive"

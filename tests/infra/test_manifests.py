@@ -205,3 +205,14 @@ def test_prometheus_adapter_serves_the_hpa_metric(tmp_path: Path) -> None:
     )
     assert "<<" not in metrics_query, metrics_query
     check_promql({"series_query": rule["seriesQuery"], "metrics_query": metrics_query}, tmp_path)
+
+
+def test_every_deployment_runs_in_production_with_the_token_from_a_secret() -> None:
+    # ENVIRONMENT=production refuses the development default token: a missing secret fails the
+    # rollout instead of serving the public API with `secret-token`.
+    services = {name: container(load_yaml_documents(path)[0]) for name, path in KNATIVE_SERVICES.items()}
+    services["kubernetes"] = container(k8s("deployment.yaml", "Deployment"))
+    for name, c in services.items():
+        env = env_of(c)
+        assert env["ENVIRONMENT"] == "production", name
+        assert "secretKeyRef" in env["AUTH_TOKEN"], name
