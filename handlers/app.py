@@ -63,15 +63,24 @@ _STATUS_MEANINGS = {
     503: "Not ready, overloaded or past its deadline, or the token store unreadable (Retry-After says when to retry)",
 }
 # Sent for any request by the HTTP server itself, before a route is chosen.
-_PROTOCOL_STATUSES = (408, 431)
-_PROTOCOL_MEANINGS = {408: "Request line, headers or body not received in time", 431: "Request headers too large or too many"}
+_PROTOCOL_STATUSES = (400, 408, 431, 503)
+_PROTOCOL_MEANINGS = {
+    400: "Not valid HTTP/1.1 (malformed_request)",
+    408: "Request line, headers or body not received in time",
+    431: "Request headers too large or too many",
+    503: "MAX_CONNECTIONS connections already open on this process (too_many_connections)",
+}
 # Any POST: the body middleware refuses a body declared too large or encoded otherwise, and bad gzip.
 _BODY_STATUSES = (413, 415, 422)
 
 
+def _meaning(status: int, route_statuses: tuple[int, ...]) -> str:
+    parts = (_STATUS_MEANINGS[status] if status in route_statuses else None, _PROTOCOL_MEANINGS.get(status))
+    return "; or: ".join(part for part in parts if part)
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    meanings = {**_STATUS_MEANINGS, **_PROTOCOL_MEANINGS}
-    return {status: {"model": ErrorBody, "description": meanings[status]} for status in sorted({*statuses, *_PROTOCOL_STATUSES})}
+    return {status: {"model": ErrorBody, "description": _meaning(status, statuses)} for status in sorted({*statuses, *_PROTOCOL_STATUSES})}
 
 
 def _reload_on_sighup(engine: InferenceEngine, peers: Peers) -> None:
@@ -262,7 +271,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.get(
         "/health",
         response_model=HealthReport,
-        responses={**_errors(), 503: {"model": HealthReport, "description": "Not ready"}},
+        responses={**_errors(), 503: {"model": HealthReport, "description": f"Not ready; or: {_PROTOCOL_MEANINGS[503]}"}},
         tags=["operations"],
     )
     async def health() -> JSONResponse:
@@ -277,7 +286,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.get(
         "/health/ready",
         response_model=Probe,
-        responses={**_errors(), 503: {"model": Probe, "description": "Not ready"}},
+        responses={**_errors(), 503: {"model": Probe, "description": f"Not ready; or: {_PROTOCOL_MEANINGS[503]}"}},
         tags=["operations"],
         summary="Readiness: default versions loaded and warmed (and on a GPU with REQUIRE_GPU)",
     )

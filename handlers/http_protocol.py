@@ -232,11 +232,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             if self.phase != _LINGER:  # not one of ours: the request is malformed
-                msg = "Invalid HTTP request received."
-                self.logger.warning(msg)
-                self.send_400_response(msg)
+                # The same JSON error body as every other reply, counted in http_errors; not
+                # logged per request, so malformed traffic cannot flood the log.
+                logger.debug("malformed HTTP request: %s", exc)
+                self._refuse(400, "malformed_request", f"the request is not valid HTTP/1.1: {exc}")
             return
         if self.phase <= _HEAD and self._head_bytes > self.limits.max_header_bytes:
             self._head_too_large()

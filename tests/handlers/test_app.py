@@ -190,8 +190,16 @@ def test_malformed_http_does_not_hang(live_server: LiveServer) -> None:
     host, port = live_server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
-        reply = sock.recv(1024)
-    assert reply.startswith(b"HTTP/1.1 4")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), reply
+    assert b"content-type: application/json" in head.lower(), reply
+    assert json.loads(body)["error"]["code"] == "malformed_request", reply
 
 
 def test_health_reports_ready_models_and_providers(client: httpx.Client) -> None:
@@ -576,11 +584,11 @@ def test_openapi_request_schema_takes_exactly_one_input_field(client: httpx.Clie
 def test_openapi_documents_every_status_and_the_metrics_media_type(client: httpx.Client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     statuses = {(path, method): set(op["responses"]) for path, item in paths.items() for method, op in item.items()}
-    assert statuses["/api/v1/predict", "post"] == {"200", "401", "404", "408", "413", "415", "422", "431", "500", "503"}
-    assert statuses["/api/v1/admin/reload", "post"] == {"200", "401", "403", "408", "409", "413", "415", "422", "431"}
-    assert statuses["/api/v1/cache", "delete"] == {"200", "401", "403", "408", "422", "431"}
-    assert statuses["/metrics", "get"] == {"200", "404", "408", "431"}  # 401 too with METRICS_TOKEN (test_contract)
-    assert statuses["/health", "get"] == statuses["/health/ready", "get"] == {"200", "408", "431", "503"}
+    assert statuses["/api/v1/predict", "post"] == {"200", "400", "401", "404", "408", "413", "415", "422", "431", "500", "503"}
+    assert statuses["/api/v1/admin/reload", "post"] == {"200", "400", "401", "403", "408", "409", "413", "415", "422", "431", "503"}
+    assert statuses["/api/v1/cache", "delete"] == {"200", "400", "401", "403", "408", "422", "431", "503"}
+    assert statuses["/metrics", "get"] == {"200", "400", "404", "408", "431", "503"}  # 401 too with METRICS_TOKEN (test_contract)
+    assert statuses["/health", "get"] == statuses["/health/ready", "get"] == {"200", "400", "408", "431", "503"}
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     for (path, method), codes in statuses.items():
         for code in codes - {"200"}:
