@@ -193,6 +193,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # received while the head is unfinished, counted per read
         self._head_size = 0  # of the parsed headers
         self._cycle_transport: _CycleTransport | None = None
+        self._deferred: tuple[int, str, str] | None = None  # a refusal waiting for earlier replies
 
     def _shared_state(self) -> _Shared:
         shared = type(self)._shared
@@ -233,7 +234,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError as exc:
-            if self.phase != _LINGER:  # not one of ours: the request is malformed
+            if self.phase != _LINGER and self._deferred is None:  # not one of ours: the request is malformed
                 # The same JSON error body as every other reply, counted in http_errors; not
                 # logged per request, so malformed traffic cannot flood the log.
                 logger.debug("malformed HTTP request: %s", exc)
@@ -296,6 +297,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if phase == _BODY and self.cycle.response_complete:
             self._linger()
             return
+        if self._deferred is not None:  # a later request was refused: answer it after the earlier ones
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+                return
+            status, code, message = self._deferred
+            self._deferred = None
+            self._refuse(status, code, message)
+            return
         self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
@@ -303,6 +313,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         elif phase == _APP:
             self.phase = _IDLE
             self.deadline = self.loop.time() + self.limits.keepalive_timeout_s
+        elif phase == _HEAD:  # the next request's head arrived behind this reply: its time starts now
+            self.deadline = self.loop.time() + self.limits.header_timeout_s
 
     # Limits
 
@@ -318,9 +330,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """The watchdog found this connection past its deadline."""
         phase = self.phase
         self.deadline = math.inf
-        if self.pipeline or (phase == _HEAD and self.cycle is not None and not self.cycle.response_complete):
-            # A pipelined request is late while an earlier one's reply is still to come: no reply
-            # of ours can go in between.
+        if phase == _HEAD and (self.pipeline or (self.cycle is not None and not self.cycle.response_complete)):
+            # A request pipelined behind others that are still being answered: its time starts
+            # again once their replies are out (on_response_complete).
+            return
+        if self.pipeline:
             self.transport.close()
         elif phase == _HEAD:
             self._refuse(408, "request_timeout", f"the request line and headers did not arrive within {self.limits.header_timeout_s:g} s")
@@ -337,6 +351,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(431, "request_headers_too_large", f"the request line and headers are larger than {limit} bytes (MAX_HEADER_BYTES)")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
+        if self.pipeline or (self.phase == _HEAD and self.cycle is not None and not self.cycle.response_complete):
+            # A request pipelined behind others is refused: its reply must come after theirs.
+            # Read nothing more; the refusal is sent once the earlier replies are complete.
+            self._deferred = (status, code, message)
+            self.flow.pause_reading()
+            return
         if not self.transport.is_closing():
             self.transport.write(error_reply(status, code, message, self.server_state.default_headers))
         self._count(status, code)

@@ -337,6 +337,29 @@ def test_pipelined_requests_are_answered_in_order_and_a_pipelined_endless_header
     assert b"HTTP/1.1 431 " in replies.raw and b"request_headers_too_large" in replies.raw, replies.raw[-500:]
 
 
+def test_a_pipelined_request_refused_while_the_one_before_it_runs_is_answered_after_it(one_process: Server) -> None:
+    # The first request takes a while (64 long texts); the one pipelined behind it has a head over
+    # MAX_HEADER_BYTES. Its 431 must follow the first reply on the wire, not overtake it.
+    body = json.dumps({"texts": [f"review {i}: " + "it was a fine product, I suppose, " * 20 for i in range(64)]}).encode()
+    first = (
+        f"POST /api/v1/predict HTTP/1.1\r\nHost: test\r\nX-Token: {SERVER_TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with connect(one_process.port) as sock:
+        sock.sendall(first + b"GET /health HTTP/1.1\r\nHost: test\r\nX-Filler: ")
+        time.sleep(0.3)  # the first request runs; the endless header goes on in reads of its own
+        with contextlib.suppress(OSError):
+            for _ in range(2):
+                sock.sendall(b"a" * 65536)
+        replies = read_until_closed(sock, 30.0)
+    assert replies.status == 200, replies.raw[:500]
+    assert len(json.loads(replies.body)["results"]) == 64
+    assert b"HTTP/1.1 431 " in replies.raw, (replies.ending, replies.elapsed_s, replies.raw[-700:])
+    assert replies.raw.index(b"HTTP/1.1 200 ") < replies.raw.index(b"HTTP/1.1 431 "), replies.raw[-500:]
+    assert b"request_headers_too_large" in replies.raw
+    assert replies.ending == "eof"
+
+
 # --- timeouts ---
 
 
