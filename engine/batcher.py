@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DeadlineExceeded, Overloaded
+from engine.throttled_log import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -105,25 +106,6 @@ class _Picked:
     backlog: bool = False  # work was left queued: the batch shows what an instance drains under load
 
 
-class _RateLimitedLog:
-    """At most one record per interval; the rest are counted into the next one."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval_s = interval_s
-        self._next = 0.0
-        self._suppressed = 0
-        self._lock = threading.Lock()
-
-    def exception(self, message: str, *args: object) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now < self._next:
-                self._suppressed += 1
-                return
-            suppressed, self._suppressed, self._next = self._suppressed, 0, now + self._interval_s
-        logger.exception(message + " (%d more like it not logged)", *args, suppressed)
-
-
 class VersionQueue:
     """One version's queue in the pool: ``run(inputs) -> rows`` on the pool's workers."""
 
@@ -155,7 +137,7 @@ class VersionQueue:
         self._on_depth = on_depth
         self._on_shed = on_shed
         self._on_wait = on_wait
-        self._failures = _RateLimitedLog(_FAILURE_LOG_INTERVAL_S)
+        self._failures = ThrottledLog(logger, _FAILURE_LOG_INTERVAL_S)
         # Guarded by the pool's condition:
         self._streams: deque[_Stream] = deque()
         self._queued = 0
@@ -389,7 +371,9 @@ class VersionQueue:
                 self._run_jobs(jobs[:middle])
                 self._run_jobs(jobs[middle:])
                 return
-            self._failures.exception("batcher %s: a job of %d inputs failed on its own", self.name, len(inputs))
+            self._failures.log(
+                logging.ERROR, "job", "batcher %s: a job of %d inputs failed on its own", self.name, len(inputs), exc_info=True
+            )
             jobs[0].future.set_exception(exc)  # its caller maps it
             return
         run_s = time.perf_counter() - started

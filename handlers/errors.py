@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,6 +27,7 @@ from engine.errors import (
     Unauthorized,
 )
 from engine.metrics import Metrics
+from engine.throttled_log import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -104,23 +103,10 @@ class ShedLog:
     be thousands a second; the counters (``inference_errors``, ``http_errors``) count each one."""
 
     def __init__(self, interval_s: float = SHED_LOG_INTERVAL_S) -> None:
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._log = ThrottledLog(logger, interval_s)
 
     def shed(self, path: str, error: Overloaded) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(error.code)
-            if last is not None and now - last < self._interval_s:
-                self._suppressed[error.code] = self._suppressed.get(error.code, 0) + 1
-                return
-            self._last[error.code] = now
-            suppressed = self._suppressed.pop(error.code, 0)
-        logger.warning(
-            "%s shed (%s): %s; %d more not logged in the last %.0f s", path, error.code, error.message, suppressed, self._interval_s
-        )
+        self._log.log(logging.WARNING, error.code, "%s shed (%s): %s", path, error.code, error.message)
 
 
 class ErrorReplies:
