@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,16 @@ def sentiment(
         else {"v1": {"path": V1_MODEL, "status": "active"}, "v2": {"path": V2_MODEL, "status": "candidate"}},
         "rollout_strategy": rollout or {"type": "pinned"},
     }
+
+
+def broken_v2_folder(tmp_path: Path) -> Path:
+    """A copy of v2's folder whose model.onnx is not a model (its tokenizer and labels are real): a version that fails to load."""
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"not a model")
+    for name in ("tokenizer.json", "labels.json"):
+        shutil.copyfile(V2_DIR / name, folder / name)
+    return folder
 
 
 def write_registry(folder: Path, models: dict[str, dict[str, Any]], name: str = "registry.yaml") -> Path:

@@ -14,7 +14,7 @@ from engine.lifecycle import ModelState
 from engine.loader import LoadedModel
 from engine.schemas import PredictRequest
 from tests.conftest import MODELS_DIR, V1_DIR, V2_DIR
-from tests.registries import V1_MODEL, V2_MODEL, engine_for, sentiment, write_registry
+from tests.registries import V1_MODEL, V2_MODEL, broken_v2_folder, engine_for, sentiment, write_registry
 
 IRIS_MODEL = str(MODELS_DIR / "iris_v1" / "model.onnx")
 
@@ -111,20 +111,11 @@ def test_changed_version_is_swapped_and_in_flight_requests_finish_on_theirs(tmp_
         assert any(abs(a.scores["positive"] - b.scores["positive"]) > 1e-6 for a, b in zip(new_scores, reference, strict=True))
 
 
-def _broken_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "v2"
-    folder.mkdir()
-    (folder / "model.onnx").write_bytes(b"not a model")
-    for name in ("tokenizer.json", "labels.json"):
-        shutil.copyfile(V2_DIR / name, folder / name)
-    return folder
-
-
 CANARY_ALL = {"type": "canary", "canary_percentage": 100, "target_version": "v2"}
 
 
 def test_a_reload_retries_a_failed_version_whose_file_was_fixed(tmp_path: Path, models_dir: Path) -> None:
-    folder = _broken_folder(tmp_path)
+    folder = broken_v2_folder(tmp_path)
     versions = {**V1_ONLY, "v2": {"path": str(folder / "model.onnx"), "status": "candidate"}}
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(versions, rollout=CANARY_ALL)})
     with engine_for(registry) as engine:
@@ -139,7 +130,7 @@ def test_a_reload_retries_a_failed_version_whose_file_was_fixed(tmp_path: Path, 
 
 
 def test_a_version_still_failing_does_not_refuse_a_reload_of_another_model(tmp_path: Path, models_dir: Path) -> None:
-    folder = _broken_folder(tmp_path)
+    folder = broken_v2_folder(tmp_path)
     versions = {**V1_ONLY, "v2": {"path": str(folder / "model.onnx"), "status": "candidate"}}
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(versions, rollout=CANARY_ALL)})
     with engine_for(registry) as engine:

@@ -18,8 +18,9 @@ import pytest
 from engine.registry import load_registry
 from engine.rollout import routing_bucket, strategy_for
 from tests.conftest import MODELS_DIR, V1_DIR, V2_DIR
+from tests.engine.cache.redis_server import start_ok_redis
 from tests.network import SERVER_TOKEN, start_server, stop_server
-from tests.registries import V1_MODEL, V2_MODEL, sentiment, write_registry
+from tests.registries import V1_MODEL, V2_MODEL, broken_v2_folder, sentiment, write_registry
 
 ADMIN = "admin-secret"
 AUTH = {"X-Token": SERVER_TOKEN}
@@ -62,17 +63,8 @@ def _reload(base_url: str) -> httpx.Response:
     return httpx.post(f"{base_url}/api/v1/admin/reload", headers={"X-Admin-Token": ADMIN}, timeout=120)
 
 
-def _broken_v2(tmp_path: Path) -> Path:
-    folder = tmp_path / "v2"
-    folder.mkdir()
-    (folder / "model.onnx").write_bytes(b"not a model")
-    for name in ("tokenizer.json", "labels.json"):
-        shutil.copyfile(V2_DIR / name, folder / name)
-    return folder
-
-
 def test_a_failed_canary_fails_over_and_reloads_retry_it(tmp_path: Path, models_dir: Path) -> None:
-    folder = _broken_v2(tmp_path)
+    folder = broken_v2_folder(tmp_path)
     versions = {"v1": {"path": V1_MODEL}, "v2": {"path": str(folder / "model.onnx"), "status": "candidate"}}
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment(versions, rollout=CANARY)})
     strategy = strategy_for(load_registry(registry).models["sentiment_analysis"])
@@ -164,24 +156,11 @@ def ok_redis() -> Iterator[int]:
     started = threading.Event()
     port: list[int] = []
 
-    async def agree(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while header := await reader.readline():  # a command: *<n>, then n bulk strings ($<len>, data)
-                for _ in range(int(header[1:]) if header.startswith(b"*") else 0):
-                    size = int((await reader.readline())[1:])
-                    await reader.readexactly(size + 2)
-                writer.write(b"+OK\r\n")
-                await writer.drain()
-        except (ConnectionError, OSError, ValueError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
     stop: list[asyncio.Event] = []
 
     async def serve() -> None:
         stop.append(asyncio.Event())
-        server = await asyncio.start_server(agree, "127.0.0.1", 0)
+        server = await start_ok_redis()
         port.append(server.sockets[0].getsockname()[1])
         started.set()
         async with server:

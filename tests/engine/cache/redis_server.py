@@ -1,7 +1,9 @@
-"""A real ``redis-server`` for the cache tests: found, started on a free loopback port, killed, restarted."""
+"""A real ``redis-server`` for the cache tests: found, started on a free loopback port, killed, restarted;
+and a fake one that answers ``+OK`` to every command."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -136,3 +138,22 @@ def _cluster_ok(server: RedisServer, nodes: int) -> bool:
         info = client.execute_command("CLUSTER", "INFO").decode()
     fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
     return fields.get("cluster_state") == "ok" and fields.get("cluster_known_nodes") == str(nodes)
+
+
+async def start_ok_redis() -> asyncio.Server:
+    """A fake Redis on 127.0.0.1 that answers ``+OK`` to every command: writes succeed, reads make no sense."""
+
+    async def agree(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while header := await reader.readline():  # a command: *<n>, then n bulk strings ($<len>, data)
+                for _ in range(int(header[1:]) if header.startswith(b"*") else 0):
+                    size = int((await reader.readline())[1:])
+                    await reader.readexactly(size + 2)
+                writer.write(b"+OK\r\n")
+                await writer.drain()
+        except (ConnectionError, OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(agree, "127.0.0.1", 0)

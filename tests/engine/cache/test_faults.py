@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from engine.cache import CacheConfig, RedisCache, TieredCache, build_cache
-from tests.engine.cache.redis_server import RedisServer, start_redis_cluster
+from tests.engine.cache.redis_server import RedisServer, start_ok_redis, start_redis_cluster
 from tests.engine.cache.support import run_with
 
 TIMEOUT_MS = 50
@@ -228,28 +228,9 @@ def test_a_server_that_answers_garbage_reads_as_misses() -> None:
     asyncio.run(scenario())
 
 
-async def start_ok_server() -> asyncio.Server:
-    """A fake Redis on 127.0.0.1 that answers ``+OK`` to every command: writes succeed, reads make no sense."""
-
-    async def agree(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while header := await reader.readline():  # a command: *<n>, then n bulk strings ($<len>, data)
-                for _ in range(int(header[1:]) if header.startswith(b"*") else 0):
-                    size = int((await reader.readline())[1:])
-                    await reader.readexactly(size + 2)
-                writer.write(b"+OK\r\n")
-                await writer.drain()
-        except (ConnectionError, OSError, ValueError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(agree, "127.0.0.1", 0)
-
-
 def test_read_failures_alone_open_the_circuit_while_writes_succeed() -> None:
     async def scenario() -> None:
-        server = await start_ok_server()
+        server = await start_ok_redis()
         port = server.sockets[0].getsockname()[1]
         cache = RedisCache(fault_config(port, timeout_ms=500, breaker_cooldown_s=30))
         try:
