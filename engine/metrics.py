@@ -43,6 +43,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS_MS,
             registry=self.registry,
         )
+        self.batch_phase = Histogram(
+            "inference_batch_phase_ms",
+            "Time per runtime batch in each phase (tokenize, run), in milliseconds: where a batch's time goes.",
+            ["model", "model_version", "phase"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=self.registry,
+        )
         self.queued_inputs = Gauge(
             "inference_queued_inputs",
             "Inputs waiting for a model instance, per version.",

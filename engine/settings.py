@@ -138,7 +138,23 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = Field("INFO", description="Logging verbosity.")
     enable_metrics: bool = Field(True, description="Serve Prometheus metrics on /metrics.")
-    enable_tracing: bool = Field(False, description="Trace requests (X-Ray on Lambda).")
+    enable_tracing: bool = Field(
+        False,
+        description="Trace requests: OpenTelemetry on the server (OTLP, configured by the standard OTEL_* variables), "
+        "the Powertools Tracer (X-Ray) on Lambda.",
+    )
+    access_log: bool = Field(True, description="One log line per HTTP request (method, path, status, latency, request id).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object per log line, with request id, model, version, arm, cache status and latency."
+    )
+    log_texts: bool = Field(False, description="Log the input texts of each request (never done unless true).")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve the Open Inference Protocol V2 over gRPC on this port (Triton's is 8001); unset: off. "
+        "Never on Lambda.",
+    )
 
     @field_validator(
         "admin_token",
@@ -149,6 +165,7 @@ class Settings(BaseSettings):
         "redis_url",
         "redis_password",
         "redis_username",
+        "grpc_port",
         mode="before",
     )
     @classmethod
