@@ -182,7 +182,7 @@ def test_gpu_image_serves_with_cuda_on_a_matching_cuda_runtime() -> None:
     env = " ".join(dockerfile.final.args("ENV"))
     assert "EXECUTION_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider" in env and "PORT=8080" in env
     installs = " ".join(cmd for s in dockerfile.stages for cmd in s.args("RUN") if "install" in cmd and s.name != "models")
-    assert '[gpu]"' in installs and "[cpu" not in installs
+    assert '[gpu,server]"' in installs and "[cpu" not in installs
     # onnxruntime-gpu up to 1.26 is built for CUDA 12 / cuDNN 9; 1.27 on for CUDA 13.
     cuda_image = dockerfile.resolve(dockerfile.final.base)
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.04", cuda_image), cuda_image
