@@ -58,13 +58,22 @@ SHED_REASONS = ("queue_full", "queue_wait", "queue_timeout", "deadline", "cancel
 queue (``max_queue_ms``), the request's deadline, or the caller gone."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BatchResult:
-    """The rows computed for one submission, and the run that computed them."""
+    """The rows computed for one submission, and the run that computed them. The instants are
+    ``time.monotonic()`` readings: a request draws its trace spans from them (``engine.tracing``)."""
 
     outputs: np.ndarray
     run_ms: float
     batch_size: int
+    enqueued: float
+    """When the job was queued."""
+    started: float
+    """When the batch that ran it started."""
+    prepared: float | None
+    """When the batch's inputs were prepared (texts tokenised); None for a kind without that phase."""
+    ended: float
+    """When the batch's run ended."""
 
 
 @dataclass
@@ -88,8 +97,13 @@ class _Job:
     stream: _Stream | None = None
 
 
-RunFn = Callable[[list[Any]], np.ndarray]
+RunFn = Callable[[list[Any]], np.ndarray | tuple[np.ndarray, float]]
+"""Output rows for the inputs; or the rows and the ``time.monotonic()`` instant the inputs were
+prepared (texts tokenised), for a kind that splits its run in those two phases."""
 ObserveFn = Callable[[int, float], None]
+PhasesFn = Callable[[float | None, float], None]
+"""Called once per batch with its preparation (tokenisation) time, None for a kind without that
+phase, and its run time, in milliseconds."""
 DepthFn = Callable[[int], None]
 ShedFn = Callable[[str, int], None]
 WaitFn = Callable[[float], None]
@@ -124,6 +138,7 @@ class VersionQueue:
         on_depth: DepthFn | None = None,
         on_shed: ShedFn | None = None,
         on_wait: WaitFn | None = None,
+        on_phases: PhasesFn | None = None,
     ) -> None:
         self.name = name
         self._pool = pool
@@ -137,6 +152,7 @@ class VersionQueue:
         self._on_depth = on_depth
         self._on_shed = on_shed
         self._on_wait = on_wait
+        self._on_phases = on_phases
         self._failures = ThrottledLog(logger, _FAILURE_LOG_INTERVAL_S)
         # Guarded by the pool's condition:
         self._streams: deque[_Stream] = deque()
@@ -362,9 +378,9 @@ class VersionQueue:
     def _run_jobs(self, jobs: list[_Job], *, measure: bool = False) -> None:
         """Run jobs as one batch; if it fails, run each half on its own, so only a failing job fails."""
         inputs = [item for job in jobs for item in job.inputs]
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
-            outputs = self._run(inputs)
+            ran = self._run(inputs)
         except Exception as exc:
             if len(jobs) > 1:
                 middle = len(jobs) // 2
@@ -376,19 +392,28 @@ class VersionQueue:
             )
             jobs[0].future.set_exception(exc)  # its caller maps it
             return
-        run_s = time.perf_counter() - started
+        ended = time.monotonic()
+        outputs, prepared = ran if isinstance(ran, tuple) else (ran, None)
+        run_s = ended - started
         if measure:  # a batch taken from a backlog: small batches of an idle queue would understate the rate
             self._measured(sum(job.cost for job in jobs), run_s)
-        if self._observe is not None:
+        if self._observe is not None or self._on_phases is not None:
             try:
-                self._observe(len(inputs), run_s * 1000.0)
+                if self._observe is not None:
+                    self._observe(len(inputs), run_s * 1000.0)
+                if self._on_phases is not None:
+                    if prepared is None:
+                        self._on_phases(None, run_s * 1000.0)
+                    else:
+                        self._on_phases((prepared - started) * 1000.0, (ended - prepared) * 1000.0)
             except Exception:  # a metrics failure must not kill the worker
                 logger.exception("batch observer failed")
         offset = 0
         for job in jobs:
             rows = outputs[offset : offset + len(job.inputs)]
             offset += len(job.inputs)
-            job.future.set_result(BatchResult(outputs=rows, run_ms=run_s * 1000.0, batch_size=len(inputs)))
+            result = BatchResult(rows, run_s * 1000.0, len(inputs), job.enqueued, started, prepared, ended)
+            job.future.set_result(result)
 
     def _measured(self, cost: float, run_s: float) -> None:
         if run_s <= 0:

@@ -12,9 +12,12 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from engine.batcher import BatchResult, ComputePool, VersionQueue
+import numpy as np
+
+from engine import tracing
+from engine.batcher import BatchResult, ComputePool, PhasesFn, RunFn, VersionQueue
 from engine.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
 from engine.kinds.base import WeighsInputs
 from engine.loader import LoadedModel
@@ -32,6 +35,16 @@ class ModelHooks(Protocol):
 
     def detach(self, model: LoadedModel) -> None:
         """A version is being unloaded: work already queued for it finishes first."""
+        ...
+
+
+@runtime_checkable
+class RunsInPhases(Protocol):
+    """A kind whose run prepares its inputs first (the text kinds tokenise): the batcher times
+    both phases, for ``inference_batch_phase_ms`` and the request's trace spans."""
+
+    def run_phased(self, inputs: list[Any]) -> tuple[np.ndarray, float]:
+        """``run``'s rows, and the ``time.monotonic()`` instant the inputs were prepared."""
         ...
 
 
@@ -113,8 +126,11 @@ class BatchedPredictor:
     def attach(self, model: LoadedModel) -> None:
         labels = (model.name, model.version)
         shed = self._metrics.shed_inputs
+        runtime = model.runtime
+        phased = isinstance(runtime, RunsInPhases)
+        run: RunFn = runtime.run_phased if isinstance(runtime, RunsInPhases) else runtime.run
         self._queues[model] = self._pool.queue(
-            model.runtime.run,
+            run,
             name=f"{model.name}-{model.version}",
             max_batch=self._max_batch,
             max_queued=self._max_queued,
@@ -125,6 +141,7 @@ class BatchedPredictor:
             on_depth=self._metrics.queued_inputs.labels(*labels).set,
             on_shed=lambda reason, inputs: shed.labels(*labels, reason).inc(inputs),
             on_wait=self._metrics.queue_wait.labels(*labels).observe,
+            on_phases=self._phase_observer(model, phased),
         )
 
     def detach(self, model: LoadedModel) -> None:
@@ -144,6 +161,18 @@ class BatchedPredictor:
         def observe(size: int, run_ms: float) -> None:
             size_metric.observe(size)
             latency_metric.observe(run_ms)
+
+        return observe
+
+    def _phase_observer(self, model: LoadedModel, phased: bool) -> PhasesFn:
+        # A kind without a preparation phase (tabular) reports only its run: no empty tokenize series.
+        tokenize_metric = self._metrics.batch_phase.labels(model.name, model.version, "tokenize") if phased else None
+        run_metric = self._metrics.batch_phase.labels(model.name, model.version, "run")
+
+        def observe(tokenize_ms: float | None, run_ms: float) -> None:
+            if tokenize_ms is not None and tokenize_metric is not None:
+                tokenize_metric.observe(tokenize_ms)
+            run_metric.observe(run_ms)
 
         return observe
 
@@ -181,6 +210,7 @@ class BatchedPredictor:
         finally:
             for pending in waiting:  # a caller that left (cancelled, timed out, failed) drops its queued work
                 pending.cancel()
+        tracing.batch_spans(results)
         outputs: dict[int, Output] = {}
         for indexes, result in zip(chunks, results, strict=True):
             latency_ms = round(result.run_ms, 3)

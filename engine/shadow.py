@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from engine import tracing
 from engine.metrics import Metrics
 from engine.results import Output
 
@@ -55,6 +56,13 @@ class ShadowRunner:
 
     async def _run(self, job: ShadowJob) -> None:
         """Run the shadow and record its agreement with the primary (as the kind defines it). Never raises."""
+        with tracing.span("shadow") as span:
+            if span.is_recording():
+                attributes = {"model.name": job.model, "model.version": job.shadow, "shadow.primary_version": job.primary}
+                tracing.set_attributes(span, attributes)
+            await self._run_traced(job, span)
+
+    async def _run_traced(self, job: ShadowJob, span: tracing.SpanLike) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_ms / 1000.0):
@@ -62,14 +70,17 @@ class ShadowRunner:
         except TimeoutError:
             self._metrics.shadow_failures.labels(job.model, job.shadow, "timeout").inc()
             logger.warning("shadow model=%s version=%s timed out after %d ms", job.model, job.shadow, self._timeout_ms)
+            tracing.set_error(span, f"timed out after {self._timeout_ms} ms (SHADOW_TIMEOUT_MS)")
             return
         except Exception as exc:  # a shadow failure must never reach the client
             self._metrics.shadow_failures.labels(job.model, job.shadow, "error").inc()
             logger.warning("shadow model=%s version=%s failed: %s: %s", job.model, job.shadow, type(exc).__name__, exc)
+            tracing.set_error(span, f"{type(exc).__name__}: {exc}")
             return
         agree = sum(job.agrees(row, out.row) for row, out in zip(job.rows, outputs, strict=True))
         self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "agree").inc(agree)
         self._metrics.shadow_predictions.labels(job.model, job.primary, job.shadow, "disagree").inc(len(job.rows) - agree)
+        span.set_attribute("shadow.agreed", agree)
         logger.info(
             "shadow model=%s primary=%s shadow=%s agreement=%d/%d latency_ms=%.1f",
             job.model,

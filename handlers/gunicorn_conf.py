@@ -41,7 +41,7 @@ def post_fork(server: Any, worker: Any) -> None:
     from handlers.server import configure_logging, http_protocol
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     worker.config.http = http_protocol(settings)
 
 

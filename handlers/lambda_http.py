@@ -24,7 +24,9 @@ check_production(settings)  # ENVIRONMENT=production: fail the init with the def
 engine = cold_start_engine()
 instrument(engine)
 adapter = Mangum(
-    create_app(settings, engine, manage_engine=False),
+    # The Powertools "http request" line below is this edge's access log (JSON, with the invocation's
+    # request id): the app's own access log would print a second line per request.
+    create_app(settings.model_copy(update={"access_log": False}), engine, manage_engine=False),
     lifespan="off",
     api_gateway_base_path=settings.api_gateway_base_path,
 )

@@ -14,28 +14,32 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
+from engine import tracing
 from engine.cpus import available_cpus
 from engine.settings import Settings
+from handlers import logs
 from handlers.app import create_app
 from handlers.auth import DEFAULT_TOKEN, InsecureConfiguration, check_production
 from handlers.http_protocol import ConnectionLimits, protocol_class
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FD_HEADROOM = 256
 """Open files a server process needs besides its connections: model files, metrics files, Redis, logs, pipes."""
 
 logger = logging.getLogger(__name__)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format=LOG_FORMAT)
+def configure_logging(settings: Settings) -> None:
+    """LOG_LEVEL and LOG_FORMAT (text or json) for every logger of the process, uvicorn's included."""
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def app_from_env() -> FastAPI:
     """App factory (uvicorn --factory, gunicorn 'handlers.server:app_from_env()'): each worker
-    process reads the settings and builds its own engine."""
+    process reads the settings and builds its own engine, and its own tracer (ENABLE_TRACING):
+    a tracer's export thread does not survive a fork."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
+    tracing.configure(settings)
     # The model instances release the GIL while ONNX Runtime runs, and need it back for a few
     # microseconds after each batch: a short switch interval stops them waiting up to 5 ms on the
     # event loop (measured about +5% texts/s at 32 connections, bench/RESULTS.md).
@@ -108,7 +112,7 @@ def uvicorn_server(settings: Settings | None = None, host: str | None = None, po
     within SHUTDOWN_TIMEOUT_S, then unloads the models. Connections are limited as
     ``handlers.http_protocol`` says."""
     settings = settings if settings is not None else Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     config = uvicorn.Config(
         "handlers.server:app_from_env",
         factory=True,
@@ -116,14 +120,15 @@ def uvicorn_server(settings: Settings | None = None, host: str | None = None, po
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        log_config=None,  # uvicorn's loggers propagate to the process's one handler (handlers.logs)
+        access_log=False,  # the app's access log (handlers.access_log) has the request id and the model
         timeout_graceful_shutdown=int(round(settings.shutdown_timeout_s)) or 1,
     )
     return _Server(config)
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     host = host or settings.host
     port = port if port is not None else settings.port
     # One process per CPU measured best (README, Container mode): the processes share no GIL.
@@ -131,6 +136,11 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
     try:
         check_production(settings)  # once, before any worker starts, instead of each worker failing
     except InsecureConfiguration as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        return 1
+    try:
+        tracing.check_available(settings)  # ENABLE_TRACING without OpenTelemetry: say how to install it, once
+    except tracing.TracingUnavailable as exc:
         logging.getLogger(__name__).error("%s", exc)
         return 1
     if host not in ("127.0.0.1", "localhost", "::1") and settings.auth_token.get_secret_value() == DEFAULT_TOKEN:

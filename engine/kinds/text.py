@@ -6,6 +6,7 @@ every row is independent of the texts it was batched with.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -90,13 +91,20 @@ class TextModel:
     def run(self, inputs: list[Any]) -> np.ndarray:
         """One row per text, in input order; texts run in groups of similar length, each group
         within the token budget (texts x longest <= ``max_batch_tokens``)."""
+        return self.run_phased(inputs)[0]
+
+    def run_phased(self, inputs: list[Any]) -> tuple[np.ndarray, float]:
+        """``run``'s rows, and the ``time.monotonic()`` instant the texts were tokenised: the
+        batcher times the two phases (tokenize, run) from it."""
+        groups = self.tokenizer.encode_grouped(inputs, max_tokens=self._max_batch_tokens)
+        tokenized = time.monotonic()
         result = np.empty((len(inputs), self.width), dtype=np.float32)
-        for indexes, batch in self.tokenizer.encode_grouped(inputs, max_tokens=self._max_batch_tokens):
+        for indexes, batch in groups:
             feeds = batch.feeds()
             if self._takes_token_types:
                 feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
             result[indexes] = self._session.run([self._output_name], feeds, self._run_options)[0]
-        return result
+        return result, tokenized
 
     def warm_up(self) -> None:
         for texts in (_WARMUP_TEXTS[:1], _WARMUP_TEXTS):
