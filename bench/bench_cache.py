@@ -261,12 +261,12 @@ class BackendResult:
     zipf: ZipfPhase
 
 
-_SAMPLE = re.compile(r"^(cache_hits_total|cache_misses_total|cache_errors_total)(?:\{([^}]*)\})?\s+(\S+)$")
+_SAMPLE = re.compile(r"^(cache_tier_hits_total|cache_misses_total|cache_errors_total)(?:\{([^}]*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def parse_cache_counters(text: str) -> CacheCounters | None:
-    """``cache_hits_total`` by tier and ``cache_misses_total`` of the benchmarked model version."""
+    """``cache_tier_hits_total`` (hits by tier) and ``cache_misses_total`` of the benchmarked model version."""
     hits: dict[str, float] = {}
     misses = errors = 0.0
     seen = False
@@ -281,7 +281,7 @@ def parse_cache_counters(text: str) -> CacheCounters | None:
         if labels.get("model") != MODEL_NAME or labels.get("model_version") != VERSION:
             continue
         seen = True
-        if match.group(1) == "cache_hits_total":
+        if match.group(1) == "cache_tier_hits_total":
             tier = labels.get("tier", "?")
             hits[tier] = hits.get(tier, 0.0) + float(match.group(3))
         else:

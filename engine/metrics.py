@@ -1,10 +1,22 @@
-"""Prometheus metrics, registered on an injected ``CollectorRegistry``."""
+"""Prometheus metrics, registered on an injected ``CollectorRegistry``.
+
+Process figures (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ...) come from
+prometheus_client's ``ProcessCollector``. With several worker processes (``PROMETHEUS_MULTIPROC_DIR``)
+the files every worker writes hold no process figures, so the worker answering /metrics reads
+``/proc/<pid>`` of every live worker and reports each with a ``pid`` label: sum over ``pid`` for
+the server's total. A worker is live while its ``server_workers`` series is (``liveall``: the
+supervisor marks a dead worker's files dead).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest, multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -112,10 +124,18 @@ class Metrics:
         self.shadow_failures = Counter(
             "shadow_failures", "Shadow runs that failed or ran out of time.", ["model", "shadow_version", "reason"], registry=self.registry
         )
+        # Hits and misses carry the same labels, so `cache_hits_total / (cache_hits_total + cache_misses_total)`
+        # matches series one to one; the tier that answered is a counter of its own.
         self.cache_hits = Counter(
-            "cache_hits", "Inputs answered from the result cache.", ["model", "model_version", "tier"], registry=self.registry
+            "cache_hits", "Inputs answered from the result cache.", ["model", "model_version"], registry=self.registry
         )
         self.cache_misses = Counter("cache_misses", "Inputs not in the result cache.", ["model", "model_version"], registry=self.registry)
+        self.cache_tier_hits = Counter(
+            "cache_tier_hits",
+            "Inputs answered from the result cache, by the tier that answered (memory, redis).",
+            ["model", "model_version", "tier"],
+            registry=self.registry,
+        )
         self.cache_coalesced = Counter(
             "cache_coalesced",
             "Misses served by an identical in-flight computation.",
@@ -127,10 +147,54 @@ class Metrics:
             "cache_state", "Result cache state: 0 ok, 1 degraded, 2 open.", registry=self.registry, multiprocess_mode="max"
         )
         self.registry_reloads = Counter("registry_reloads", "Registry reloads by outcome.", ["outcome"], registry=self.registry)
+        self.workers = Gauge(
+            "server_workers",
+            "Server processes serving now: 1 per process (with --workers N, one series per worker, labelled with its pid).",
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+        self.workers.set(1)
+        if multiprocess_dir is None:
+            ProcessCollector(registry=self.registry)
+
+    def count_cache_hit(self, model: str, version: str, tier: str) -> None:
+        self.cache_hits.labels(model, version).inc()
+        self.cache_tier_hits.labels(model, version, tier).inc()
+        self.cache_misses.labels(model, version)  # both sides of the hit rate exist from the first lookup
+
+    def count_cache_miss(self, model: str, version: str) -> None:
+        self.cache_misses.labels(model, version).inc()
+        self.cache_hits.labels(model, version)
 
     def render(self) -> bytes:
         if self._multiprocess_dir is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged, path=str(self._multiprocess_dir))  # type: ignore[no-untyped-call]
+        merged.register(_Workers(self._multiprocess_dir))
         return generate_latest(merged)
+
+
+class _Workers(Collector):
+    """Every worker's figures summed from the shared files, and each live worker's process figures by pid."""
+
+    def __init__(self, directory: Path) -> None:
+        self._files = multiprocess.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        families: list[Metric] = list(self._files.collect())  # type: ignore[no-untyped-call]
+        pids = sorted({s.labels["pid"] for f in families if f.name == "server_workers" for s in f.samples if "pid" in s.labels})
+        return [*families, *_process_families(pids)]
+
+
+def _process_of(pid: str) -> ProcessCollector:
+    return ProcessCollector(pid=lambda: pid, registry=None)
+
+
+def _process_families(pids: Iterable[str]) -> Iterator[Metric]:
+    """``ProcessCollector``'s families for each pid (a worker gone since its files were read is left out)."""
+    merged: dict[str, Metric] = {}
+    for pid in pids:
+        for family in _process_of(pid).collect():
+            target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            target.samples.extend(Sample(s.name, {**s.labels, "pid": pid}, s.value, s.timestamp, s.exemplar) for s in family.samples)
+    yield from merged.values()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import tracing
 from engine.cache.base import CacheBackend
 from engine.cache.codec import decode_result, encode_result
 from engine.cache.keys import cache_key, content_digest, key_prefix
@@ -90,7 +91,11 @@ class CachingPredictor:
         width = (version.runtime.width,)
         keys = [cache_key(version.name, version.version, digest, input_text(item)) for item in inputs]
         started = time.perf_counter()
-        hits = await state.cache.get_many_with_tier(keys)
+        with tracing.span("cache.lookup") as span:
+            hits = await state.cache.get_many_with_tier(keys)
+            if span.is_recording():
+                found = len(keys) - hits.count(None)
+                tracing.set_attributes(span, {"cache.backend": self.backend, "inputs.count": len(keys), "cache.found": found})
         lookup_ms = round((time.perf_counter() - started) * 1000.0, 3)
         outputs: dict[int, Output] = {}
         leader: dict[str, list[int]] = {}  # keys this request computes, with every index that wants them
@@ -99,9 +104,9 @@ class CachingPredictor:
             row = decode_result(hit.value) if hit is not None else None
             if row is not None and hit is not None and row.shape == width:
                 outputs[index] = Output(row=row, latency_ms=lookup_ms, cached=True)
-                self._metrics.cache_hits.labels(*labels, hit.tier).inc()
+                self._metrics.count_cache_hit(*labels, hit.tier)
                 continue
-            self._metrics.cache_misses.labels(*labels).inc()
+            self._metrics.count_cache_miss(*labels)
             if key in leader:
                 leader[key].append(index)
             elif key in state.inflight:

@@ -49,10 +49,10 @@ def test_only_the_misses_run_and_results_say_cached(models_dir: Path) -> None:
         assert [r.cached for r in second.results] == [True, False, True]
         assert _runs(engine) - warm_runs == 3  # only the new text ran
         assert second.results[0].scores == first.results[1].scores
-        hits = engine.metrics.registry.get_sample_value(
-            "cache_hits_total", {"model": "sentiment_analysis", "model_version": "v1", "tier": "memory"}
-        )
-        assert hits == 2
+        labels = {"model": "sentiment_analysis", "model_version": "v1"}
+        assert engine.metrics.registry.get_sample_value("cache_hits_total", labels) == 2
+        assert engine.metrics.registry.get_sample_value("cache_tier_hits_total", {**labels, "tier": "memory"}) == 2
+        assert engine.metrics.registry.get_sample_value("cache_misses_total", labels) == 3
 
 
 def test_text_is_used_exactly_as_given(models_dir: Path) -> None:
