@@ -45,6 +45,10 @@ include-path = "/api/v1/predict"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "413", "422", "429"]
 
 [[operations]]
+include-path-regex = "/infer$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "413", "429"]
+
+[[operations]]
 include-path = "/api/v1/cache"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 """

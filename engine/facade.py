@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from engine import tracing
 from engine.errors import EngineError, InvalidInput, ReloadFailed
-from engine.kinds import Limits, kind_named
+from engine.kinds import Limits, ModelKind, kind_named
 from engine.lifecycle import Generation, ModelManager
 from engine.loader import LoadedModel
 from engine.metrics import Metrics
@@ -27,6 +28,7 @@ from engine.rollout import Assignment
 from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse, ReloadReport, RolloutInfo
 from engine.settings import Settings
 from engine.shadow import ShadowJob, ShadowRunner
+from engine.tracing import current_request
 
 # Called after each answered request with (model, version, inputs, latency_ms): edges that
 # report elsewhere (CloudWatch EMF on Lambda) hook in here.
@@ -86,35 +88,35 @@ class InferenceEngine:
     async def _predict(self, request: PredictRequest, routing_key: str | None) -> PredictResponse:
         started = time.perf_counter()
         generation = self.models.current  # one generation for the whole request
-        request_id = request.id or uuid.uuid4().hex
+        record = current_request.get()  # the HTTP edge's record of this request, with its X-Request-ID
+        request_id = request.id or (record.request_id if record is not None else None) or uuid.uuid4().hex
         name = request.model or generation.default_model
         known = name in generation.registry.models
         version = "unresolved"  # a requested version is user input: only the registry's become labels
-        try:
-            spec = generation.spec(name)
-            assignment = await generation.route(name, request.model_version, routing_key or request_id)
-            if assignment.version in spec.versions:
-                version = assignment.version
-            model, outputs = await self._run(generation, name, spec, assignment, request)
-        except EngineError as exc:
-            self.metrics.requests.labels(name if known else "unknown", version, exc.code).inc()
-            self.metrics.errors.labels(exc.code).inc()
-            raise
-        except asyncio.CancelledError:  # the caller went away: its queued work was dropped
-            self.metrics.requests.labels(name if known else "unknown", version, "cancelled").inc()
-            raise
-        results = [model.runtime.result(item, out) for item, out in zip(request.inputs, outputs, strict=True)]
-        latency_ms = (time.perf_counter() - started) * 1000.0
-        self.metrics.requests.labels(name, version, "ok").inc()
-        self.metrics.inputs.labels(name, version).inc(len(results))
-        self.metrics.latency.labels(name, version).observe(latency_ms)
-        self.metrics.rollout_assignments.labels(name, assignment.strategy, assignment.arm).inc()
-        if assignment.failover_from is not None:
-            self.metrics.rollout_failovers.labels(name, assignment.failover_from, assignment.version).inc()
-        for observe in self.observers:
-            observe(name, version, len(results), latency_ms)
-        if assignment.shadow is not None:
-            await self._shadow(generation, name, spec, assignment, request, model, outputs)
+        with tracing.span("predict") as span:
+            trace = tracing.PredictTrace(record, span)
+            trace.started(request_id, name, request.input_field, request.inputs, log_texts=self.settings.log_texts)
+            try:
+                spec = generation.spec(name)
+                assignment = await generation.route(name, request.model_version, routing_key or request_id)
+                if assignment.version in spec.versions:
+                    version = assignment.version
+                trace.routed(assignment.version, assignment.strategy, assignment.arm)
+                model, outputs = await self._run(generation, name, spec, assignment, request)
+            except EngineError as exc:
+                self.metrics.requests.labels(name if known else "unknown", version, exc.code).inc()
+                self.metrics.errors.labels(exc.code).inc()
+                raise
+            except asyncio.CancelledError:  # the caller went away: its queued work was dropped
+                self.metrics.requests.labels(name if known else "unknown", version, "cancelled").inc()
+                trace.cancelled()
+                raise
+            results = [model.runtime.result(item, out) for item, out in zip(request.inputs, outputs, strict=True)]
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self._count_answer(name, version, assignment, len(results), latency_ms)
+            trace.answered(outputs)
+            if assignment.shadow is not None:
+                await self._shadow(generation, name, spec, assignment, request, model, outputs)
         return PredictResponse(
             request_id=request_id,
             model=name,
@@ -123,6 +125,16 @@ class InferenceEngine:
             results=results,
             latency_ms=round(latency_ms, 3),
         )
+
+    def _count_answer(self, name: str, version: str, assignment: Assignment, inputs: int, latency_ms: float) -> None:
+        self.metrics.requests.labels(name, version, "ok").inc()
+        self.metrics.inputs.labels(name, version).inc(inputs)
+        self.metrics.latency.labels(name, version).observe(latency_ms)
+        self.metrics.rollout_assignments.labels(name, assignment.strategy, assignment.arm).inc()
+        if assignment.failover_from is not None:
+            self.metrics.rollout_failovers.labels(name, assignment.failover_from, assignment.version).inc()
+        for observe in self.observers:
+            observe(name, version, inputs, latency_ms)
 
     async def _shadow(
         self,
@@ -171,3 +183,20 @@ class InferenceEngine:
     def render_metrics(self) -> bytes:
         self._predictor.health()  # refreshes the cache state gauge
         return self.metrics.render()
+
+    def kind_of(self, name: str) -> type[ModelKind]:
+        """The kind of model ``name`` (raises ``ModelNotFound``): what an edge needs to decode inputs
+        before the engine routes them."""
+        return kind_named(self.models.current.spec(name).kind)
+
+    async def describe(self, name: str, version: str | None = None) -> tuple[ModelSpec, str, ModelKind]:
+        """What an edge needs to publish a version's signature (the V2 metadata): the model's registry
+        entry, the version ``version`` names (the default version when None) and that version's loaded
+        kind instance, whose ``labels``, ``width`` and kind attributes describe its inputs and outputs.
+        Loads the version when it is not in memory; raises ``ModelNotFound``, ``VersionNotFound`` or
+        ``ModelNotReady``."""
+        generation = self.models.current
+        spec = generation.spec(name)
+        resolved = version if version is not None else spec.default_version
+        async with generation.lease(name, resolved) as model:
+            return spec, resolved, model.runtime

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable, Mapping
 
 from starlette.datastructures import Headers
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.errors import EngineError
@@ -80,17 +81,25 @@ class RequestBodyMiddleware:
     def __init__(
         self, app: ASGIApp, max_body_bytes: int, replies: ErrorReplies, guards: Mapping[tuple[str, str], Guard] | None = None
     ) -> None:
-        """``guards`` maps (method, path) to the check that runs on the headers before the body is read."""
+        """``guards`` maps (method, path) to the check that runs on the headers before the body is read;
+        a path may be a route template (``/v2/models/{model_name}/infer``), matched as the router matches it."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.replies = replies
-        self.guards = dict(guards or {})
+        self.guards = {key: guard for key, guard in (guards or {}).items() if "{" not in key[1]}
+        self._template_guards = [(method, compile_path(path)[0], guard) for (method, path), guard in (guards or {}).items() if "{" in path]
+
+    def _guard(self, method: str, path: str) -> Guard | None:
+        guard = self.guards.get((method, path))
+        if guard is None:
+            guard = next((g for m, pattern, g in self._template_guards if m == method and pattern.match(path)), None)
+        return guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        guard = self.guards.get((scope["method"], _route_path(scope)))
+        guard = self._guard(scope["method"], _route_path(scope))
         if guard is not None:
             try:
                 guard(Headers(scope=scope))

@@ -1,5 +1,8 @@
 """The one table from engine errors to HTTP status codes, the one JSON error body, and the
-counting and logging of every error reply the HTTP edge sends."""
+counting and logging of every error reply the HTTP edge sends.
+
+Under ``/v2`` (the Open Inference Protocol) the same table answers with that protocol's body,
+``{"error": "<message>"}``, and its status for an invalid request, 400 (422 elsewhere)."""
 
 from __future__ import annotations
 
@@ -82,11 +85,43 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
+V2_PREFIX = "/v2"
+
+
+def is_v2_path(path: str) -> bool:
+    """A path of the Open Inference Protocol V2 edge (``handlers.v2.rest``)."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def v2_status(status: int) -> int:
+    """The V2 protocol's status for a reply of the table: an invalid request is 400, not 422."""
+    return 400 if status == 422 else status
+
+
+def with_first_detail(message: str, details: Any) -> str:
+    """A one-line error (the V2 protocol's, which has no details field): the message and the first
+    offending input the details name."""
+    first = details[0] if isinstance(details, list) and details else None
+    if isinstance(first, dict) and "index" in first and "problem" in first:
+        return f"{message} (input {first['index']}: {first['problem']})"
+    indexes = details.get("indexes") if isinstance(details, dict) else None
+    if isinstance(indexes, list) and indexes:
+        return f"{message} (inputs {', '.join(map(str, indexes))})"
+    return message
+
+
 def error_response(
-    status: int, code: str, message: str, details: Any = None, *, retry_after_s: float | None = None, close: bool = False
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    *,
+    retry_after_s: float | None = None,
+    close: bool = False,
+    v2: bool = False,
 ) -> JSONResponse:
     """The error reply. 503 says when to retry; 401 names the header; ``close`` ends the connection
-    (the request body was not read)."""
+    (the request body was not read). ``v2``: the Open Inference Protocol's body, ``{"error": "<message>"}``."""
     headers: dict[str, str] = {}
     if status == 503:
         headers["Retry-After"] = retry_after(retry_after_s)
@@ -94,7 +129,8 @@ def error_response(
         headers["WWW-Authenticate"] = "X-Token"
     if close:
         headers["Connection"] = "close"
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers or None)
+    body = {"error": with_first_detail(message, details)} if v2 else error_body(code, message, details)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 class ShedLog:
@@ -134,12 +170,14 @@ class ErrorReplies:
         close: bool = False,
         engine_counted: bool = False,
     ) -> JSONResponse:
+        v2 = is_v2_path(path)
+        status = v2_status(status) if v2 else status
         if self._metrics is not None:
             self._metrics.http_errors.labels(str(status), code).inc()
             if path == self._predict_path and not engine_counted:
                 self._metrics.requests.labels("unknown", "unresolved", code).inc()
                 self._metrics.errors.labels(code).inc()
-        return error_response(status, code, message, details, retry_after_s=retry_after_s, close=close)
+        return error_response(status, code, message, details, retry_after_s=retry_after_s, close=close, v2=v2)
 
     def for_error(self, path: str, method: str, error: EngineError, *, close: bool = False, engine_counted: bool = False) -> JSONResponse:
         status = status_for(error)

@@ -96,12 +96,12 @@ def _answered(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def _raw_request(server: Server, body: bytes) -> socket.socket:
+def _raw_request(server: Server, body: bytes, path: str = "/api/v1/predict") -> socket.socket:
     """Send a predict request on a raw socket and leave it open (the caller closes it to go away)."""
     host, port = server.base_url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
     head = (
-        f"POST /api/v1/predict HTTP/1.1\r\nHost: {host}\r\nX-Token: {SERVER_TOKEN}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Token: {SERVER_TOKEN}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     sock.sendall(head.encode() + body)
@@ -227,3 +227,17 @@ def test_work_of_clients_that_disconnect_is_not_computed(server: Server) -> None
         computed.append(_computed(server) - before)
     assert max(computed) <= 16, computed  # of 32 texts each
     assert _metric(server, "inference_requests_total", outcome="cancelled") - cancelled_before == 3
+
+
+def test_work_of_an_open_inference_protocol_client_that_disconnects_is_not_computed(server: Server) -> None:
+    """The same on /v2/.../infer: the client's 32 long texts stop with it."""
+    _idle(server)
+    before = _computed(server)
+    texts = [f"{LONG} v2 {i}" for i in range(32)]
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}).encode()
+    sock = _raw_request(server, body, "/v2/models/sentiment_analysis/versions/v1/infer")
+    time.sleep(0.5)
+    assert not _answered(sock)  # admitted, and still running
+    sock.close()
+    _idle(server)
+    assert _computed(server) - before <= 16

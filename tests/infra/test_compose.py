@@ -27,7 +27,7 @@ DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml"
 DASHBOARD_PROVIDERS = GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yaml"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "ml-inference.json"
 SERVICES = {"ml-inference-api", "redis", "prometheus", "grafana"}
-PUBLISHED = {"ml-inference-api": 8000, "prometheus": 9090, "grafana": 3000}
+PUBLISHED = {"ml-inference-api": [8000, 8001], "prometheus": [9090], "grafana": [3000]}  # 8001: gRPC
 COMPOSE_VARIABLES = ("AUTH_TOKEN", "LOG_LEVEL", "GRAFANA_ADMIN_PASSWORD")
 # The metrics the dashboard must chart (engine/metrics.py's names, as Prometheus stores them).
 DASHBOARD_METRICS = {
@@ -42,8 +42,11 @@ DASHBOARD_METRICS = {
     "shadow_predictions_total",
     "rollout_assignments_total",
 }
-# Hits carry a `tier` label that misses lack: each side is summed to one series before the division.
-CACHE_HIT_RATE = "sum(rate(cache_hits_total[5m])) / (sum(rate(cache_hits_total[5m])) + sum(rate(cache_misses_total[5m])))"
+# Hits and misses carry the same labels (the tier is cache_tier_hits_total's): the hit rate per version.
+CACHE_HIT_RATE = (
+    "sum by (model_version) (rate(cache_hits_total[5m])) / (sum by (model_version) (rate(cache_hits_total[5m]))"
+    " + sum by (model_version) (rate(cache_misses_total[5m])))"
+)
 
 # ---------------------------------------------------------------------------- PromQL helpers (test_manifests uses them too)
 
@@ -147,19 +150,21 @@ def test_compose_has_the_stack(compose: dict[str, Any]) -> None:
 
 
 def test_every_host_port_is_bound_to_loopback(compose: dict[str, Any]) -> None:
-    published = {}
+    published: dict[str, list[int]] = {}
     for name, service in services(compose).items():
         for port in service.get("ports", []):
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name} publishes {port!r} beyond loopback"
-            published[name] = int(port.split(":")[1])
+            published.setdefault(name, []).append(int(port.split(":")[1]))
     assert published == PUBLISHED
 
 
 def test_api_service_runs_the_cpu_image_with_the_tiered_cache(compose: dict[str, Any]) -> None:
     api = services(compose)["ml-inference-api"]
     assert (Path(api["build"]["context"]) / api["build"]["dockerfile"]).resolve() == DOCKERFILES["cpu"].resolve()
-    assert api["ports"] == [f"127.0.0.1:8000:{image_port()}/tcp"], "host port 8000 maps to the port the image serves on"
     env = api["environment"]
+    assert api["ports"] == [f"127.0.0.1:8000:{image_port()}/tcp", f"127.0.0.1:8001:{env['GRPC_PORT']}/tcp"], (
+        "host port 8000 maps to the port the image serves on, 8001 to its gRPC port"
+    )
     assert env["CACHE_BACKEND"] == "tiered"
     assert env["REDIS_HOST"] == "redis" and int(env["REDIS_PORT"]) == 6379
     assert env["AUTH_TOKEN"] == "secret-token", "the local-only default when AUTH_TOKEN is unset"

@@ -104,9 +104,33 @@ def test_manifest_port_is_the_images(manifest: Path, dockerfile: str) -> None:
     image = parse(DOCKERFILES[dockerfile]).final
     (cmd,) = image.args("CMD")
     port = int(json.loads(cmd)[json.loads(cmd).index("--port") + 1])
-    assert image.args("EXPOSE") == [str(port)]
+    grpc_port = int(image_env(image)["GRPC_PORT"])
+    assert image.args("EXPOSE") == [f"{port} {grpc_port}"]
     resource = next(d for d in load_yaml_documents(manifest) if d["kind"] in {"Deployment", "Service"})
-    assert [p["containerPort"] for p in container(resource)["ports"]] == [port]
+    ports = [p["containerPort"] for p in container(resource)["ports"]]
+    # Knative and Cloud Run route one port: HTTP only there, with the image's gRPC server turned off.
+    assert ports == ([port, grpc_port] if resource["kind"] == "Deployment" else [port])
+
+
+@pytest.mark.parametrize("name", sorted(KNATIVE_SERVICES))
+def test_single_port_services_turn_the_images_grpc_server_off(name: str) -> None:
+    (service,) = load_yaml_documents(KNATIVE_SERVICES[name])
+    assert env_of(container(service))["GRPC_PORT"] == ""
+    assert Settings.from_values({"grpc_port": ""}).grpc_port is None
+
+
+def image_env(image: Any) -> dict[str, str]:
+    """The final stage's ENV, as NAME -> value (``ENV A=1 B=2``)."""
+    return dict(pair.split("=", 1) for arguments in image.args("ENV") for pair in arguments.split())
+
+
+def test_deployment_and_service_serve_grpc_on_the_images_port() -> None:
+    grpc_port = image_env(parse(DOCKERFILES["cpu"]).final)["GRPC_PORT"]
+    c = container(k8s("deployment.yaml", "Deployment"))
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "grpc": int(grpc_port)}
+    assert env_of(c)["GRPC_PORT"] == grpc_port
+    (grpc,) = (p for p in k8s("service.yaml", "Service")["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc["targetPort"] == "grpc" and grpc["appProtocol"] == "kubernetes.io/h2c", "gRPC is HTTP/2 without TLS"
 
 
 # ---------------------------------------------------------------------------- capacity and lifecycle
