@@ -69,19 +69,21 @@ $(TOOLS_STAMP): infra/tools-requirements.txt | $(BIN)/python
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/tools-requirements.txt
 	@touch $@
 
-# docker-compose (compose config) and promtool (Debian's prometheus package) for tests/infra.
+# docker-compose (compose config) and promtool (Debian's prometheus package) for tests/infra;
+# chromium (Debian's) for the headless browser checks of /docs and /redoc (tests/handlers/test_docs_browser.py).
 .PHONY: system-tools
 system-tools:
 	@missing=""; \
 	command -v docker-compose >/dev/null || missing="docker-compose"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 		systemctl disable --now prometheus >/dev/null 2>&1 || true; \
 	else \
-		echo "tests/infra needs$$missing: run 'sudo apt-get install$$missing' and rerun" >&2; exit 1; \
+		echo "the tests need$$missing: run 'sudo apt-get install$$missing' and rerun" >&2; exit 1; \
 	fi
 
 test: setup redis-server tools system-tools

@@ -14,11 +14,112 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, create_model, mode
 from engine.kinds import KINDS, request_fields
 from engine.results import InputResult
 
-_PREDICT_EXAMPLES: list[JsonValue] = [
-    {"id": "req-001", "texts": ["I love this product! Amazing quality.", "This is terrible"], "model_version": "v1"},
-    {"id": "req-002", "model": "iris", "instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
-    {"id": "req-003", "model": "sentence_embedding", "texts": ["A sentence to embed."]},
-]
+# Named examples of the repository's registry, one per model kind and one pinned version: the
+# OpenAPI document offers them in the docs' example drop-down (request and response alike).
+PREDICT_REQUEST_EXAMPLES: dict[str, dict[str, JsonValue]] = {
+    "text_classification": {
+        "summary": "Text classification (sentiment; the rollout picks the version)",
+        "value": {"id": "req-001", "texts": ["I love this product! Amazing quality.", "This is terrible"]},
+    },
+    "tabular": {
+        "summary": "Tabular: iris rows (sepal length, sepal width, petal length, petal width in cm)",
+        "value": {"id": "req-002", "model": "iris", "instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+    },
+    "embedding": {
+        "summary": "Text embedding (384 floats per text)",
+        "value": {"id": "req-003", "model": "sentence_embedding", "texts": ["A sentence to embed."]},
+    },
+    "pinned_version": {
+        "summary": "Pinned version (bypasses the rollout)",
+        "value": {"id": "req-004", "model": "sentiment_analysis", "model_version": "v2", "texts": ["Brilliant, funny and moving."]},
+    },
+}
+_EMBEDDING_HEAD: list[JsonValue] = [-0.01596, 0.07844, 0.0362, 0.05223, -0.04311, 0.01927, 0.06118, -0.00482]
+PREDICT_RESPONSE_EXAMPLES: dict[str, dict[str, JsonValue]] = {
+    "text_classification": {
+        "summary": "Text classification",
+        "value": {
+            "request_id": "req-001",
+            "model": "sentiment_analysis",
+            "model_version": "v1",
+            "rollout": {"strategy": "canary", "arm": "v1"},
+            "results": [
+                {
+                    "text": "I love this product! Amazing quality.",
+                    "prediction": "positive",
+                    "scores": {"negative": 0.0061, "neutral": 0.0012, "positive": 0.9927},
+                    "latency_ms": 15.3,
+                    "cached": False,
+                },
+                {
+                    "text": "This is terrible",
+                    "prediction": "negative",
+                    "scores": {"negative": 0.9441, "neutral": 0.0052, "positive": 0.0507},
+                    "latency_ms": 15.3,
+                    "cached": False,
+                },
+            ],
+            "latency_ms": 16.9,
+        },
+    },
+    "tabular": {
+        "summary": "Tabular: iris",
+        "value": {
+            "request_id": "req-002",
+            "model": "iris",
+            "model_version": "v1",
+            "rollout": {"strategy": "pinned", "arm": "v1"},
+            "results": [
+                {
+                    "instance": [5.1, 3.5, 1.4, 0.2],
+                    "prediction": "setosa",
+                    "scores": {"setosa": 0.9787, "versicolor": 0.0213, "virginica": 0.0},
+                    "latency_ms": 0.19,
+                    "cached": False,
+                },
+                {
+                    "instance": [6.7, 3.0, 5.2, 2.3],
+                    "prediction": "virginica",
+                    "scores": {"setosa": 0.0001, "versicolor": 0.0502, "virginica": 0.9497},
+                    "latency_ms": 0.19,
+                    "cached": True,
+                },
+            ],
+            "latency_ms": 1.7,
+        },
+    },
+    "embedding": {
+        "summary": "Text embedding (the first 8 of its 384 floats shown)",
+        "value": {
+            "request_id": "req-003",
+            "model": "sentence_embedding",
+            "model_version": "v1",
+            "rollout": {"strategy": "pinned", "arm": "v1"},
+            "results": [{"text": "A sentence to embed.", "embedding": _EMBEDDING_HEAD, "latency_ms": 8.0, "cached": False}],
+            "latency_ms": 9.1,
+        },
+    },
+    "pinned_version": {
+        "summary": "Pinned version",
+        "value": {
+            "request_id": "req-004",
+            "model": "sentiment_analysis",
+            "model_version": "v2",
+            "rollout": {"strategy": "request", "arm": "v2"},
+            "results": [
+                {
+                    "text": "Brilliant, funny and moving.",
+                    "prediction": "positive",
+                    "scores": {"negative": 0.004, "neutral": 0.0034, "positive": 0.9926},
+                    "latency_ms": 6.3,
+                    "cached": False,
+                }
+            ],
+            "latency_ms": 7.2,
+        },
+    },
+}
+_PREDICT_EXAMPLES: list[JsonValue] = [example["value"] for example in PREDICT_REQUEST_EXAMPLES.values()]
 
 
 # A request id is echoed in the X-Request-ID header: printable ASCII only (no control characters,

@@ -8,10 +8,11 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request, Response, Security
+from fastapi import APIRouter, Body, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.models import Example
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -22,12 +23,25 @@ from starlette.exceptions import HTTPException
 
 from engine.facade import InferenceEngine
 from engine.factory import build_engine
-from engine.schemas import HealthReport, ModelsReport, PredictRequest, PredictResponse, ReloadReport
+from engine.schemas import (
+    PREDICT_REQUEST_EXAMPLES,
+    PREDICT_RESPONSE_EXAMPLES,
+    HealthReport,
+    ModelHealth,
+    ModelsReport,
+    PredictRequest,
+    PredictResponse,
+    ReloadReport,
+)
 from engine.settings import Settings
+from handlers.access_log import AccessLogMiddleware
 from handlers.auth import Authenticator
 from handlers.body import Guard, RequestBodyMiddleware
+from handlers.disconnect import Disconnected, unless_disconnected
+from handlers.docs import BODY_CODES, PROTOCOL_CODES, error_examples, install_docs, named_examples, status_of
 from handlers.errors import HTTP_ERRORS_STATE, ErrorReplies, install_error_handlers
 from handlers.peers import Peers
+from handlers.v2.rest import v2_guards, v2_router
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +77,12 @@ _STATUS_MEANINGS = {
     503: "Not ready, overloaded or past its deadline, or the token store unreadable (Retry-After says when to retry)",
 }
 # Sent for any request by the HTTP server itself, before a route is chosen.
-_PROTOCOL_STATUSES = (400, 408, 431, 503)
 _PROTOCOL_MEANINGS = {
     400: "Not valid HTTP/1.1 (malformed_request)",
     408: "Request line, headers or body not received in time",
     431: "Request headers too large or too many",
     503: "MAX_CONNECTIONS connections already open on this process (too_many_connections)",
 }
-# Any POST: the body middleware refuses a body declared too large or encoded otherwise, and bad gzip.
-_BODY_STATUSES = (413, 415, 422)
 
 
 def _meaning(status: int, route_statuses: tuple[int, ...]) -> str:
@@ -79,8 +90,36 @@ def _meaning(status: int, route_statuses: tuple[int, ...]) -> str:
     return "; or: ".join(part for part in parts if part)
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody, "description": _meaning(status, statuses)} for status in sorted({*statuses, *_PROTOCOL_STATUSES})}
+def _errors(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route that sends ``codes``, and of the HTTP server, which any
+    request may get: each status described, with an example per code."""
+    statuses = tuple(status_of(code) for code in codes)
+    examples = error_examples((*codes, *PROTOCOL_CODES))
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": _meaning(status, statuses),
+            "content": {"application/json": {"examples": examples[status]}},
+        }
+        for status in sorted(examples)
+    }
+
+
+def _not_ready(model: type[BaseModel], not_ready: BaseModel) -> dict[int | str, dict[str, Any]]:
+    """A probe's error responses: its 503 is the probe's own body when not ready."""
+    examples = {"not_ready": Example(summary="Not ready", value=not_ready.model_dump(mode="json")), **error_examples(PROTOCOL_CODES)[503]}
+    content = {"application/json": {"examples": examples}}
+    return {**_errors(), 503: {"model": model, "description": f"Not ready; or: {_PROTOCOL_MEANINGS[503]}", "content": content}}
+
+
+_LOADING = HealthReport(
+    status="loading",
+    ready=False,
+    active_models=[],
+    providers=["CPUExecutionProvider"],
+    models=[ModelHealth(name="sentiment_analysis", version="v1", state="loading")],
+)
+_PREDICT_BODY = Body(openapi_examples=named_examples(PREDICT_REQUEST_EXAMPLES))
 
 
 def _reload_on_sighup(engine: InferenceEngine, peers: Peers) -> None:
@@ -139,33 +178,6 @@ def _checked_json_route(check: Guard) -> type[APIRoute]:
     return CheckedJsonRoute
 
 
-class _Disconnected(Exception):
-    """The client went away before its answer was ready."""
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    # Once the body is read, the server's next message is the disconnect: sent when the client
-    # goes, or after the response (uvicorn, Mangum).
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, PredictResponse]) -> PredictResponse:
-    """Run ``work``; cancel it if the client disconnects first, so its queued inputs never run."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise _Disconnected
-    return task.result()
-
-
 def create_app(settings: Settings | None = None, engine: InferenceEngine | None = None, *, manage_engine: bool = True) -> FastAPI:
     """Build the app. With ``manage_engine`` the lifespan loads the models and closes the engine;
     the Lambda edge passes an engine it already loaded and turns the lifespan off."""
@@ -176,8 +188,14 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        grpc_server = None
         if manage_engine:
+            if settings.grpc_port is not None:
+                # Imported here, before the models load: grpcio is the server extra's, and the Lambda image has none.
+                from handlers.v2.grpc_server import start_grpc
             await engine.start()
+            if settings.grpc_port is not None:
+                grpc_server = await start_grpc(settings, engine, auth)
             _reload_on_sighup(engine, peers)
             peers.publish(engine)
         try:
@@ -186,6 +204,8 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
             if manage_engine:
                 peers.withdraw()
                 _stop_reload_on_sighup()
+                if grpc_server is not None:
+                    await grpc_server.stop()
                 await engine.aclose()
 
     app = FastAPI(
@@ -193,7 +213,10 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         summary="Real-time ONNX model inference",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # handlers.docs serves them, without a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.engine = engine
     api = settings.api_v1_str
     predict_path, reload_path, cache_path = f"{api}/predict", f"{api}/admin/reload", f"{api}/cache"
@@ -211,22 +234,42 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         ("POST", reload_path): admin,
         ("DELETE", cache_path): admin,
         ("GET", "/metrics"): auth.check_metrics,
+        **v2_guards(auth),
     }
+    app.include_router(v2_router(engine, auth))
     app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes, replies=replies, guards=guards)
+    # Added last, so outermost: every reply (the body middleware's refusals too) has a request id, a log line and a span.
+    app.add_middleware(AccessLogMiddleware, access_log=settings.access_log, log_texts=settings.log_texts)
 
     protected = APIRouter(route_class=_checked_json_route(token), dependencies=[Security(_TOKEN_HEADER)])
 
     @protected.post(
         predict_path,
         response_model=PredictResponse,
-        responses=_errors(401, 404, 413, 415, 422, 500, 503),
+        responses={
+            200: {"content": {"application/json": {"examples": named_examples(PREDICT_RESPONSE_EXAMPLES)}}},
+            **_errors(
+                "unauthorized",
+                "model_not_found",
+                "version_not_found",
+                "payload_too_large",
+                "unsupported_media_type",
+                "invalid_input",
+                "invalid_request",
+                "inference_failed",
+                "model_not_ready",
+                "overloaded",
+                "deadline_exceeded",
+                "backend_unavailable",
+            ),
+        },
         summary="Run texts or instances through a model",
         tags=["inference"],
     )
-    async def predict(body: PredictRequest, request: Request, response: Response) -> PredictResponse | Response:
+    async def predict(body: Annotated[PredictRequest, _PREDICT_BODY], request: Request, response: Response) -> PredictResponse | Response:
         try:
-            result = await _unless_disconnected(request, engine.predict(body, routing_key=request.headers.get("x-routing-key")))
-        except _Disconnected:
+            result = await unless_disconnected(request, engine.predict(body, routing_key=request.headers.get("x-routing-key")))
+        except Disconnected:
             return Response(status_code=499)  # nobody reads it: the client has gone
         response.headers["X-Request-ID"] = result.request_id
         return result
@@ -236,7 +279,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.post(
         reload_path,
         response_model=ReloadReport,
-        responses=_errors(401, 403, 409, *_BODY_STATUSES),
+        responses=_errors("unauthorized", "forbidden", "reload_failed", *BODY_CODES),
         summary="Re-read the model registry",
         tags=["operations"],
         dependencies=[Security(_ADMIN_HEADER)],
@@ -254,7 +297,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.delete(
         cache_path,
         response_model=CacheInvalidation,
-        responses=_errors(401, 403, 422),
+        responses=_errors("unauthorized", "forbidden", "invalid_input"),
         summary="Delete cached results of a model (and version), or all; 'version' needs 'model' (else 422)",
         tags=["operations"],
         dependencies=[Security(_ADMIN_HEADER)],
@@ -271,7 +314,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.get(
         "/health",
         response_model=HealthReport,
-        responses={**_errors(), 503: {"model": HealthReport, "description": f"Not ready; or: {_PROTOCOL_MEANINGS[503]}"}},
+        responses=_not_ready(HealthReport, _LOADING),
         tags=["operations"],
     )
     async def health() -> JSONResponse:
@@ -286,7 +329,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     @app.get(
         "/health/ready",
         response_model=Probe,
-        responses={**_errors(), 503: {"model": Probe, "description": f"Not ready; or: {_PROTOCOL_MEANINGS[503]}"}},
+        responses=_not_ready(Probe, Probe(status="loading", ready=False)),
         tags=["operations"],
         summary="Readiness: default versions loaded and warmed (and on a GPU with REQUIRE_GPU)",
     )
@@ -300,7 +343,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
         response_class=Response,
         responses={
             200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
-            **_errors(*((401,) if auth.metrics_protected else ()), 404),
+            **_errors(*(("unauthorized",) if auth.metrics_protected else ()), "not_found"),
         },
         tags=["operations"],
         summary="Prometheus metrics (METRICS_TOKEN, when set: Authorization: Bearer or X-Token)",
