@@ -152,8 +152,7 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=65535,
-        description="Serve the Open Inference Protocol V2 over gRPC on this port (Triton's is 8001); unset: off. "
-        "Never on Lambda.",
+        description="Serve the Open Inference Protocol V2 over gRPC on this port (Triton's is 8001); unset: off. Never on Lambda.",
     )
 
     @field_validator(
