@@ -387,10 +387,22 @@ def wrk_binary() -> str:
 
 
 def run_wrk(
-    wrk: str, server: RunningServer, load: Load, version: str, seconds: int, threads: int, setup: str, *, sweep_only: bool = False
+    wrk: str,
+    server: RunningServer,
+    load: Load,
+    version: str,
+    seconds: int,
+    threads: int,
+    setup: str,
+    *,
+    sweep_only: bool = False,
+    path: str = PREDICT_PATH,
+    protocol: str = "native",
 ) -> Point:
+    """One wrk run of ``load``; ``path`` and ``protocol`` (native or v2: bench/wrk/predict.lua) choose the API."""
     env = {
         **os.environ,
+        "WRK_PROTOCOL": protocol,
         "WRK_TOKEN": AUTH_TOKEN,
         "WRK_TEXTS_FILE": str(TEXTS_FILE),
         "WRK_BATCH": str(load.batch),
@@ -410,7 +422,7 @@ def run_wrk(
         WRK_SOCKET_TIMEOUT,
         "--script",
         str(WRK_SCRIPT),
-        f"http://127.0.0.1:{server.port}{PREDICT_PATH}",
+        f"http://127.0.0.1:{server.port}{path}",
     ]
     server_pids = server.pids()
     children_before = _children_cpu_s()

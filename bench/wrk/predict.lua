@@ -11,6 +11,9 @@
 --   WRK_VERSION      "model_version" field; empty: unpinned  (default: v1)
 --   WRK_ROUTING_KEY  1: send an X-Routing-Key that differs on every request, so that the
 --                    registry's rollout (the 90/10 canary) splits the traffic (default: 0)
+--   WRK_PROTOCOL     native: {"texts": [...]} bodies; v2: Open Inference Protocol JSON bodies
+--                    (a BYTES "text" tensor) for /v2/models/<model>/versions/<v>/infer, where the
+--                    URL names the model and version                 (default: native)
 --
 -- Variants: single text pinned to v1 (the defaults); WRK_BATCH=32; WRK_VERSION= WRK_ROUTING_KEY=1
 -- (unpinned, canary). done() prints one line "WRK_JSON {...}" for bench/bench_wrk.py: the counts,
@@ -84,6 +87,7 @@ function init(args)
    local model = env("WRK_MODEL", "sentiment_analysis")
    local version = env("WRK_VERSION", "v1")
    routing = env("WRK_ROUTING_KEY", "0") == "1"
+   local protocol = env("WRK_PROTOCOL", "native")
 
    headers = {}
    for name, value in pairs(wrk.headers) do headers[name] = value end  -- Host, set by wrk
@@ -100,6 +104,10 @@ function init(args)
          table.insert(items, json_string(texts[((i - 1 + j) % #texts) + 1]))
       end
       local body = '{"texts": [' .. table.concat(items, ", ") .. "]" .. tail
+      if protocol == "v2" then
+         body = '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [' .. batch .. '], "data": ['
+            .. table.concat(items, ", ") .. "]}]}"
+      end
       if routing then
          table.insert(requests, body)
       else
