@@ -383,18 +383,40 @@ def image_argv(built: Built) -> list[str]:
     return [*(built.config.get("Entrypoint") or []), *(built.config.get("Cmd") or [])]
 
 
+def open_inference_protocol(port: int, grpc_port: int) -> tuple[str, str]:
+    """One V2 inference over REST and one over gRPC (the image's GRPC_PORT server), with the official clients."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+
+    answers = []
+    for module, address in ((triton_http, f"127.0.0.1:{port}"), (triton_grpc, f"127.0.0.1:{grpc_port}")):
+        client = module.InferenceServerClient(address)
+        text = module.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"I love this!"], dtype=np.object_))
+        assert client.is_server_ready(), address
+        result = client.infer("sentiment_analysis", [text], model_version="v1", headers={"x-token": TOKEN})
+        answers.append(f"{result.as_numpy('label').tolist()} {result.as_numpy('probabilities').round(4).tolist()}")
+        client.close()
+    return answers[0], answers[1]
+
+
 def serve_in_image(built: Built, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     argv = with_loopback(image_argv(built), port)
     with container_root(built) as root:
-        env = image_env(built, AUTH_TOKEN=TOKEN, HOST="127.0.0.1", PORT=str(port))
+        assert image_env(built)["GRPC_PORT"] == "8001", "the image serves gRPC on Triton's port"
+        env = image_env(built, AUTH_TOKEN=TOKEN, HOST="127.0.0.1", PORT=str(port), GRPC_PORT=str(grpc_port))
         command = chrooted(root, built, argv, built.config.get("User") or "root")
         started = time.monotonic()
         with served(command, env=env, cwd=REPO_ROOT, log_path=tmp_path / "server.log", port=port) as server:
             ready_s = time.monotonic() - started
             health = server.health()
             status, body = server.predict(["I love this!"])
+            rest, over_grpc = open_inference_protocol(port, grpc_port)
         assert status == 200, body
+        assert rest.startswith("[b'positive']") and over_grpc == rest, (rest, over_grpc)
+        built.figures["/v2 infer (REST, gRPC)"] = f"{rest} | {over_grpc}"
         built.figures["ran"] = f"{' '.join(argv)}  (chroot, user {user_spec(root, built.config.get('User') or 'root')})"
         built.figures["/health"] = f"200 after {ready_s:.1f}s: status={health.get('status')} providers={health.get('providers')}"
         built.figures["/api/v1/predict"] = f"{status} {json.dumps(body)[:300]}"
