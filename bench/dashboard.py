@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import yaml
 from _http import AUTH_TOKEN, PREDICT_PATH, REPO_ROOT, free_port, running_server, stop_process
+from prometheus_process import launch
 
 DASHBOARD = REPO_ROOT / "infra" / "grafana" / "dashboards" / "ml-inference.json"
 MODELS = REPO_ROOT / "models"
@@ -90,25 +91,7 @@ def start_prometheus(folder: Path, target: str) -> tuple[subprocess.Popen[bytes]
     binary = shutil.which("prometheus")
     if binary is None:
         raise SystemExit("prometheus is not on PATH: install it with `sudo apt-get install -y prometheus`")
-    config = {
-        "global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s"},
-        "scrape_configs": [{"job_name": "ml-inference-api", "static_configs": [{"targets": [target]}]}],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    with (folder / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    process, url, _ = launch(binary, folder, {"ml-inference-api": target}, SCRAPE_S)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

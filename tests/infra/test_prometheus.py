@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
+from bench.prometheus_process import launch
 from tests.conftest import MODELS_DIR, require_models
 from tests.infra.conftest import report, system_tool
 from tests.infra.test_dashboards import dashboard_queries, readme_queries
-from tests.network import SERVER_TOKEN, free_port, start_server, stop_server, wait_until_ready
+from tests.network import SERVER_TOKEN, start_server, stop_server, wait_until_ready
 from tests.registries import sentiment, write_registry
 
 SCRAPE_S = 1
@@ -62,26 +62,7 @@ def registry(folder: Path) -> Path:
 
 def start_prometheus(folder: Path, servers: list[Server]) -> tuple[subprocess.Popen[bytes], str]:
     binary = system_tool("prometheus", "prometheus")
-    config = {
-        "global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
-        "scrape_configs": [{"job_name": s.job, "static_configs": [{"targets": [s.base_url.removeprefix("http://")]}]} for s in servers],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log_path = folder / "prometheus.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    process, url, log_path = launch(binary, folder, {s.job: s.base_url.removeprefix("http://") for s in servers}, SCRAPE_S)
     wait_until_ready(process, f"{url}/-/ready", log_path, what="prometheus", timeout_s=WAIT_S)
     return process, url
 
