@@ -14,6 +14,9 @@ class EngineError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+        self.counted = False
+        """Set by the facade once it has counted this error as a failed prediction
+        (``inference_requests``, ``inference_errors``): an edge counts only the others."""
 
 
 class Unauthorized(EngineError):

@@ -106,6 +106,7 @@ class InferenceEngine:
             except EngineError as exc:
                 self.metrics.requests.labels(name if known else "unknown", version, exc.code).inc()
                 self.metrics.errors.labels(exc.code).inc()
+                exc.counted = True
                 raise
             except asyncio.CancelledError:  # the caller went away: its queued work was dropped
                 self.metrics.requests.labels(name if known else "unknown", version, "cancelled").inc()

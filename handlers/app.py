@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None, engine: InferenceEngine | None 
     api = settings.api_v1_str
     predict_path, reload_path, cache_path = f"{api}/predict", f"{api}/admin/reload", f"{api}/cache"
     replies = ErrorReplies(engine.metrics, predict_path)
-    install_error_handlers(app, replies, engine_paths=frozenset({predict_path}))
+    install_error_handlers(app, replies)
 
     def token(headers: Headers) -> None:
         auth.check(headers.get("x-token"))

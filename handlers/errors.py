@@ -86,6 +86,7 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 V2_PREFIX = "/v2"
+V2_INFER_SUFFIX = "/infer"
 
 
 def is_v2_path(path: str) -> bool:
@@ -148,15 +149,19 @@ class ShedLog:
 class ErrorReplies:
     """Builds every error reply of the HTTP edge and counts it in ``http_errors{status, code}``.
 
-    A rejection of the predict route that never reached the engine (401, 413, 415, 422 on the
-    body) is also a failed prediction request: it is counted as the facade counts one that
-    fails before its model is known, in ``inference_requests{model="unknown",
-    model_version="unresolved", outcome=code}`` and ``inference_errors{code}``."""
+    A rejection of a prediction route (the native predict, a V2 infer) that the facade did not
+    count (401, 413, 415, 422 on the body, a V2 tensor that does not decode) is also a failed
+    prediction request: it is counted as the facade counts one that fails before its model is
+    known, in ``inference_requests{model="unknown", model_version="unresolved", outcome=code}``
+    and ``inference_errors{code}``."""
 
     def __init__(self, metrics: Metrics | None, predict_path: str) -> None:
         self._metrics = metrics
         self._predict_path = predict_path
         self.shed_log = ShedLog()
+
+    def _is_prediction(self, path: str) -> bool:
+        return path == self._predict_path or (is_v2_path(path) and path.endswith(V2_INFER_SUFFIX))
 
     def reply(
         self,
@@ -174,7 +179,7 @@ class ErrorReplies:
         status = v2_status(status) if v2 else status
         if self._metrics is not None:
             self._metrics.http_errors.labels(str(status), code).inc()
-            if path == self._predict_path and not engine_counted:
+            if not engine_counted and self._is_prediction(path):
                 self._metrics.requests.labels("unknown", "unresolved", code).inc()
                 self._metrics.errors.labels(code).inc()
         return error_response(status, code, message, details, retry_after_s=retry_after_s, close=close, v2=v2)
@@ -191,14 +196,12 @@ class ErrorReplies:
         )
 
 
-def install_error_handlers(app: FastAPI, replies: ErrorReplies, *, engine_paths: frozenset[str] = frozenset()) -> None:
-    """Map engine errors, invalid requests and HTTP errors to the error body. An engine error
-    of a route in ``engine_paths`` was counted by the facade already."""
+def install_error_handlers(app: FastAPI, replies: ErrorReplies) -> None:
+    """Map engine errors, invalid requests and HTTP errors to the error body."""
 
     async def engine_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EngineError)
-        path = request.url.path
-        return replies.for_error(path, request.method, exc, engine_counted=path in engine_paths)
+        return replies.for_error(request.url.path, request.method, exc, engine_counted=exc.counted)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -339,11 +339,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if not request.model_name:
                 raise InvalidInput("model_name is required")
             v2_request = infer_request(request)
+            routing_key = _metadata(context, "x-routing-key")
+            result = await self._plane.infer(request.model_name, request.model_version or None, v2_request, routing_key=routing_key)
         except EngineError as exc:
-            self._count_rejected(exc)
+            if not exc.counted:  # refused before the facade (token, tensors, an unknown model)
+                self._count_rejected(exc)
             raise
-        routing_key = _metadata(context, "x-routing-key")
-        result = await self._plane.infer(request.model_name, request.model_version or None, v2_request, routing_key=routing_key)
         return infer_response(result)
 
 

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -330,3 +331,28 @@ def test_a_call_has_a_request_id_and_an_access_line(stub: service_pb2_grpc.GRPCI
     assert " OK " in answered and "model=sentiment_analysis model_version=v1 arm=v1" in answered, answered
     (unauthenticated,) = [line for line in lines if "request_id=grpc-call-2" in line]
     assert " UNAUTHENTICATED " in unauthenticated and v2_server.token not in unauthenticated, unauthenticated
+
+
+def _errors_total(v2_server: V2Server) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{v2_server.http_url}/metrics", timeout=TIMEOUT_S).text):
+        for sample in family.samples:
+            if sample.name == "inference_errors_total":
+                counts[sample.labels["code"]] = counts.get(sample.labels["code"], 0.0) + sample.value
+    return counts
+
+
+def test_every_failed_call_is_counted_once(stub: service_pb2_grpc.GRPCInferenceServiceStub, v2_server: V2Server) -> None:
+    """As over REST: refused before the engine (a token, an unknown model) or by it (too many texts), one count each."""
+    before = _errors_total(v2_server)
+    text = tensor("text", "BYTES", [1], bytes_contents=[b"a"])
+    for request, metadata in (
+        (typed_request("sentiment_analysis", text), ()),
+        (service_pb2.ModelInferRequest(model_name="no_such_model", inputs=[text]), tuple(token(v2_server).items())),
+        (typed_request("sentiment_analysis", tensor("text", "BYTES", [257], bytes_contents=[b"a"] * 257)), tuple(token(v2_server).items())),
+    ):
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(request, metadata=metadata, timeout=TIMEOUT_S)
+    after = _errors_total(v2_server)
+    added = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in after}
+    assert {code: n for code, n in added.items() if n} == {"unauthorized": 1, "model_not_found": 1, "payload_too_large": 1}, added

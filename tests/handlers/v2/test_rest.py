@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from engine.rollout import BUCKETS, routing_bucket
@@ -398,6 +399,34 @@ def test_unknown_v2_routes_have_the_v2_error_shape_and_native_ones_keep_theirs(h
     assert_v2_error(http.get("/v2/no/such/route"), 404)
     native_error = http.get("/api/v1/no_such_route").json()
     assert set(native_error["error"]) >= {"code", "message"}
+
+
+def _errors_total(http: httpx.Client) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        if family.name == "inference_errors":
+            for sample in family.samples:
+                if sample.name == "inference_errors_total":
+                    counts[sample.labels["code"]] = counts.get(sample.labels["code"], 0.0) + sample.value
+    return counts
+
+
+def test_every_failed_inference_is_counted_once(http: httpx.Client, v2_server: V2Server) -> None:
+    """Refused before the engine (a token, a tensor, an unknown model) or by it (too many texts):
+    each failed V2 inference adds exactly one to inference_errors_total{code}, as a native one does."""
+    before = _errors_total(http)
+    assert http.post(TEXT_URL, json=_text(["a"])).status_code == 401
+    assert http.post(TEXT_URL, json=_text([1, 2], datatype="FP32"), headers=v2_server.headers).status_code == 400
+    assert http.post("/v2/models/no_such_model/infer", json=_text(["a"]), headers=v2_server.headers).status_code == 404
+    assert http.post(TEXT_URL, json=_text(["a"] * 257), headers=v2_server.headers).status_code == 413
+    after = _errors_total(http)
+    added = {code: after.get(code, 0.0) - before.get(code, 0.0) for code in after}
+    assert {code: n for code, n in added.items() if n} == {
+        "unauthorized": 1,
+        "invalid_input": 1,
+        "model_not_found": 1,
+        "payload_too_large": 1,
+    }, added
 
 
 def test_no_v2_request_made_the_server_fail(v2_server: V2Server) -> None:
