@@ -6,6 +6,8 @@ the API token in the call metadata (``x-token``, or ``authorization: Bearer <tok
 health and metadata calls need none, as over REST. Inputs come as typed ``contents`` or as
 ``raw_input_contents``; outputs go back as ``raw_output_contents``, as Triton sends them.
 
+Messages are decoded and encoded by ``handlers.v2.grpc_messages``.
+
 - **Errors** map to status codes in one table (``STATUS_BY_ERROR``), with the engine's message
   as the details and its code in the ``error-code`` trailer; UNAVAILABLE says when to retry
   (``retry-after`` in seconds, and ``grpc-retry-pushback-ms`` for gRPC's own retry policy).
@@ -32,8 +34,6 @@ import time
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any, TypeVar
-
-import numpy as np
 
 try:
     import grpc
@@ -65,17 +65,7 @@ from handlers.access_log import TRACE_HEADERS, ServerSpan, log_access, request_i
 from handlers.auth import Authenticator, bearer
 from handlers.errors import ShedLog, retry_after, with_first_detail
 from handlers.v2.dataplane import V2DataPlane
-from handlers.v2.tensors import (
-    NUMERIC_DTYPES,
-    InferRequest,
-    InferResult,
-    ModelMetadata,
-    Tensor,
-    check_datatype,
-    check_shape,
-    from_raw,
-    to_raw,
-)
+from handlers.v2.grpc_messages import infer_request, infer_response, metadata_response
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +84,6 @@ STATUS_BY_ERROR: tuple[tuple[type[EngineError], grpc.StatusCode], ...] = (
     (InferenceFailed, grpc.StatusCode.INTERNAL),
 )
 
-# The field of InferTensorContents that carries each datatype (FP16 has none: raw only, per the protocol).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
-
 SERVICE = "inference.GRPCInferenceService"
 
 
@@ -118,74 +93,6 @@ def status_for(error: EngineError) -> grpc.StatusCode:
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return next((str(item.value) for item in context.invocation_metadata() or () if item.key == key), None)
-
-
-def _parameters(parameters: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in parameters.items():
-        choice = value.WhichOneof("parameter_choice")
-        if choice is not None:
-            found[key] = getattr(value, choice)
-    return found
-
-
-def _raw_from_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
-    """An input's typed ``contents`` as the protocol's raw bytes, so both forms go through ``from_raw``."""
-    contents = tensor.contents
-    field = "bytes_contents" if tensor.datatype == "BYTES" else _CONTENTS_FIELD.get(tensor.datatype)
-    if field is None:
-        raise InvalidInput(f"input {tensor.name!r}: datatype {tensor.datatype} has no typed contents; send it in raw_input_contents")
-    others = sorted(f.name for f, _ in contents.ListFields() if f.name != field)
-    if others:
-        raise InvalidInput(f"input {tensor.name!r}: {tensor.datatype} contents go in {field}, not {', '.join(others)}")
-    if tensor.datatype == "BYTES":
-        return b"".join(len(item).to_bytes(4, "little") + item for item in contents.bytes_contents)
-    try:
-        return np.asarray(list(getattr(contents, field)), dtype=NUMERIC_DTYPES[tensor.datatype].newbyteorder("<")).tobytes()
-    except (OverflowError, ValueError) as exc:
-        raise InvalidInput(f"input {tensor.name!r}: {field} do not fit {tensor.datatype}: {exc}") from exc
-
-
-def infer_request(request: pb.ModelInferRequest) -> InferRequest:
-    """The protocol-neutral request of a ``ModelInferRequest``."""
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: give one per input, in order")
-    if raw and any(tensor.HasField("contents") for tensor in request.inputs):
-        raise InvalidInput("give the inputs either in raw_input_contents or in each input's contents, not both")
-    tensors = []
-    for index, tensor in enumerate(request.inputs):
-        check_datatype(tensor.name, tensor.datatype)
-        shape = check_shape(tensor.name, list(tensor.shape))
-        data = from_raw(tensor.datatype, shape, raw[index] if raw else _raw_from_contents(tensor))
-        tensors.append(Tensor(name=tensor.name, datatype=tensor.datatype, shape=shape, data=data))
-    return InferRequest(
-        id=request.id or None,
-        inputs=tensors,
-        outputs=[output.name for output in request.outputs] or None,
-        parameters=_parameters(request.parameters),
-    )
-
-
-def infer_response(result: InferResult) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=result.id or "")
-    for tensor in result.outputs:
-        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
-        response.raw_output_contents.append(to_raw(tensor))
-    return response
-
-
-def metadata_response(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
-    def specs(tensors: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-        return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in tensors]
-
-    return pb.ModelMetadataResponse(
-        name=metadata.name,
-        versions=list(metadata.versions),
-        platform=metadata.platform,
-        inputs=specs(metadata.inputs),
-        outputs=specs(metadata.outputs),
-    )
 
 
 _Request = TypeVar("_Request")
