@@ -12,14 +12,12 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any, Protocol
 
 from engine import tracing
 from engine.batcher import BatchResult, ComputePool, PhasesFn, RunFn, VersionQueue
 from engine.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, Overloaded
-from engine.kinds.base import WeighsInputs
+from engine.kinds.base import RunsInPhases, WeighsInputs
 from engine.loader import LoadedModel
 from engine.metrics import Metrics
 from engine.results import Output
@@ -35,16 +33,6 @@ class ModelHooks(Protocol):
 
     def detach(self, model: LoadedModel) -> None:
         """A version is being unloaded: work already queued for it finishes first."""
-        ...
-
-
-@runtime_checkable
-class RunsInPhases(Protocol):
-    """A kind whose run prepares its inputs first (the text kinds tokenise): the batcher times
-    both phases, for ``inference_batch_phase_ms`` and the request's trace spans."""
-
-    def run_phased(self, inputs: list[Any]) -> tuple[np.ndarray, float]:
-        """``run``'s rows, and the ``time.monotonic()`` instant the inputs were prepared."""
         ...
 
 
@@ -128,7 +116,7 @@ class BatchedPredictor:
         shed = self._metrics.shed_inputs
         runtime = model.runtime
         phased = isinstance(runtime, RunsInPhases)
-        run: RunFn = runtime.run_phased if isinstance(runtime, RunsInPhases) else runtime.run
+        run: RunFn = runtime.run_phased if isinstance(runtime, RunsInPhases) else runtime.run  # isinstance again: mypy narrows on it
         self._queues[model] = self._pool.queue(
             run,
             name=f"{model.name}-{model.version}",

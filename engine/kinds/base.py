@@ -118,6 +118,17 @@ class WeighsInputs(Protocol):
         ...
 
 
+@runtime_checkable
+class RunsInPhases(Protocol):
+    """A kind whose run prepares its inputs first (the text kinds tokenise): the batcher times
+    both phases, for ``inference_batch_phase_ms`` and the request's trace spans. A kind without
+    it reports its whole run as ``run``."""
+
+    def run_phased(self, inputs: list[Any]) -> tuple[np.ndarray, float]:
+        """``run``'s rows, and the ``time.monotonic()`` instant the inputs were prepared."""
+        ...
+
+
 def check_count(inputs: Sequence[Any], limits: Limits) -> None:
     if len(inputs) > limits.max_inputs:
         raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {limits.max_inputs} (MAX_TEXTS_PER_REQUEST)")
