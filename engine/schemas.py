@@ -6,6 +6,7 @@ The input fields of a request and the result shapes of a response come from the 
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Union
 
@@ -125,6 +126,14 @@ _PREDICT_EXAMPLES: list[JsonValue] = [example["value"] for example in PREDICT_RE
 # A request id is echoed in the X-Request-ID header: printable ASCII only (no control characters,
 # CR/LF or non-Latin-1 text, which no header can carry), without leading or trailing spaces; "" is no id.
 REQUEST_ID_PATTERN = r"^([!-~]([ -~]*[!-~])?)?$"
+MAX_REQUEST_ID_CHARS = 256
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def is_request_id(value: str) -> bool:
+    """Whether ``value`` is a request id the API takes and echoes (the body's ``id``, an inbound
+    X-Request-ID, a V2 request's ``id``): 1 to 256 printable ASCII characters, no space at either end."""
+    return 0 < len(value) <= MAX_REQUEST_ID_CHARS and _REQUEST_ID.fullmatch(value) is not None
 
 
 def _exactly_one_input(schema: dict[str, JsonValue]) -> None:
@@ -138,7 +147,7 @@ class _PredictRequestBase(BaseModel):
 
     id: str | None = Field(
         None,
-        max_length=256,
+        max_length=MAX_REQUEST_ID_CHARS,
         pattern=REQUEST_ID_PATTERN,
         description="Request id echoed as request_id and in X-Request-ID: printable ASCII, no leading or trailing space; "
         "generated when absent.",

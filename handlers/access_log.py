@@ -18,7 +18,6 @@ through untouched, and the request's context (the record, the span) is the one t
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import tracing
+from engine.schemas import is_request_id
 from engine.tracing import RequestRecord, current_request
 from handlers.logs import FIELDS_ATTRIBUTE, MESSAGE_FIELDS_ATTRIBUTE
 
@@ -35,16 +35,15 @@ if TYPE_CHECKING:
 access_logger = logging.getLogger("handlers.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
-MAX_REQUEST_ID_CHARS = 256
-# Printable ASCII, no leading or trailing space (as the body's ``id``), 1 to 256 characters.
-_REQUEST_ID = re.compile(rb"[!-~](?:[ -~]{0,254}[!-~])?")
 TRACE_HEADERS = (b"traceparent", b"tracestate")
 
 
 def request_id_from(value: bytes | None) -> str:
-    """The inbound id when it is valid, else a new one (32 hex digits)."""
-    if value is not None and _REQUEST_ID.fullmatch(value):
-        return value.decode("ascii")
+    """The inbound id when it is valid (``engine.schemas.is_request_id``), else a new one (32 hex digits)."""
+    if value is not None:
+        inbound = value.decode("latin-1")  # a byte over 0x7e is then a character the rule refuses
+        if is_request_id(inbound):
+            return inbound
     return uuid.uuid4().hex
 
 

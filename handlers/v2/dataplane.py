@@ -8,7 +8,6 @@ engine's (``engine.errors``); each edge maps them with its own table.
 
 from __future__ import annotations
 
-import re
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -17,14 +16,12 @@ from pydantic import ValidationError
 
 from engine.errors import InvalidInput, ModelNotFound, VersionNotFound
 from engine.facade import InferenceEngine
-from engine.schemas import REQUEST_ID_PATTERN, ModelInfo, PredictRequest
+from engine.schemas import ModelInfo, PredictRequest, is_request_id
 from handlers.v2.tensors import InferRequest, InferResult, KindSignature, ModelMetadata, signature_of
 
 SERVER_NAME = "ml-inference-system"
 EXTENSIONS = ("binary_tensor_data",)
 PLATFORM = "onnxruntime_onnx"  # Triton's name for ONNX Runtime models
-_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
-_MAX_REQUEST_ID = 256
 
 
 def _server_version() -> str:
@@ -114,7 +111,7 @@ def _requested(signature: KindSignature, outputs: list[str] | None) -> list[str]
 
 def _predict_request(name: str, version: str | None, request_id: str | None, input_field: str, inputs: list[Any]) -> PredictRequest:
     # A V2 id is any string; only one the native API accepts (printable ASCII) keys the engine's request.
-    engine_id = request_id if request_id and len(request_id) <= _MAX_REQUEST_ID and _REQUEST_ID.match(request_id) else None
+    engine_id = request_id if request_id and is_request_id(request_id) else None
     try:
         return PredictRequest.model_validate({"id": engine_id, "model": name, "model_version": version, input_field: inputs})
     except ValidationError as exc:
