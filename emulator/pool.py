@@ -20,7 +20,7 @@ from emulator import logs
 from emulator import worker as worker_module
 from emulator.python_runtime import function_arn
 from emulator.template import FunctionSpec
-from emulator.worker import Reply, Worker, WorkerDied, WorkerTimeout
+from emulator.worker import DEFAULT_ENVIRONMENT, EnvironmentOptions, Reply, Worker, WorkerDied, WorkerTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,23 @@ class Throttled(Exception):
 
 
 @dataclass(frozen=True)
+class InvokeOptions:
+    """How a front invoked: which version runs, and what the function's context carries."""
+
+    version: str = "$LATEST"
+    """The executed version: "$LATEST", or the published version an alias or number names."""
+    invoked_arn: str | None = None
+    """The ARN as invoked, with its qualifier (``context.invoked_function_arn``); None: the unqualified ARN."""
+    client_context: str | None = None
+    """The ClientContext as JSON text (decoded from ``X-Amz-Client-Context``); None when not sent."""
+    trace_id: str | None = None
+    """The X-Ray trace header (``Root=...;Parent=...;Sampled=...``) for ``_X_AMZN_TRACE_ID``; None: a new one."""
+
+
+DEFAULT_OPTIONS = InvokeOptions()
+
+
+@dataclass(frozen=True)
 class Invocation:
     """One finished invocation. ``function_error`` is set for an unhandled error or a timeout."""
 
@@ -42,6 +59,9 @@ class Invocation:
     log: str
     duration_ms: float
     init_ms: float | None = None
+    executed_version: str = "$LATEST"
+    error_type: str | None = None
+    """The payload's ``errorType`` when ``function_error`` (e.g. ``Runtime.OutOfMemory``)."""
 
 
 class Executor(Protocol):
@@ -49,8 +69,16 @@ class Executor(Protocol):
 
     spec: FunctionSpec
 
-    async def invoke(self, payload: bytes, request_id: str | None = None) -> Invocation:
+    async def invoke(self, payload: bytes, request_id: str | None = None, options: InvokeOptions = DEFAULT_OPTIONS) -> Invocation:
         """Invoke once with a JSON payload; raises ``Throttled`` when no environment is free."""
+        ...
+
+    async def warm(self) -> None:
+        """Start an environment now, before any invocation (``--warm-containers EAGER``)."""
+        ...
+
+    async def recycle(self) -> None:
+        """Replace every environment: idle ones stop now, busy ones after their invocation (code reload)."""
         ...
 
     async def close(self) -> None:
@@ -59,17 +87,26 @@ class Executor(Protocol):
 
 
 class WorkerPool:
-    def __init__(self, spec: FunctionSpec, host_environment: Mapping[str, str], *, max_concurrency: int, log_sink: LogSink) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        host_environment: Mapping[str, str],
+        *,
+        max_concurrency: int,
+        log_sink: LogSink,
+        options: EnvironmentOptions = DEFAULT_ENVIRONMENT,
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.spec = spec
         self.max_concurrency = max_concurrency
         self._host_environment = dict(host_environment)
+        self._options = options
         self._log_sink = log_sink
         self._idle: list[Worker] = []
         self._busy = 0
 
-    async def invoke(self, payload: bytes, request_id: str | None = None) -> Invocation:
+    async def invoke(self, payload: bytes, request_id: str | None = None, options: InvokeOptions = DEFAULT_OPTIONS) -> Invocation:
         if self._busy >= self.max_concurrency:
             raise Throttled(f"Rate Exceeded: {self.spec.name} is at its concurrency limit of {self.max_concurrency}")
         self._busy += 1
@@ -88,6 +125,16 @@ class WorkerPool:
             return invocation
         finally:
             self._busy -= 1
+
+    async def warm(self) -> None:
+        if self._idle or self._busy:
+            return
+        worker, _ready = await self._start(str(uuid.uuid4()))
+        if worker is not None:
+            self._idle.append(worker)
+
+    async def recycle(self) -> None:
+        await self.close()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from emulator import logs
-from emulator.pool import Invocation, LogSink, Throttled
+from emulator.pool import DEFAULT_OPTIONS, Invocation, InvokeOptions, LogSink, Throttled
 from emulator.python_runtime import function_arn
 from emulator.template import FunctionSpec
 
@@ -60,7 +60,7 @@ class RuntimeApi:
             ]
         )
 
-    async def invoke(self, payload: bytes, request_id: str | None = None) -> Invocation:
+    async def invoke(self, payload: bytes, request_id: str | None = None, options: InvokeOptions = DEFAULT_OPTIONS) -> Invocation:
         request_id = request_id or str(uuid.uuid4())
         if self._init_error is not None:
             return self._finish(request_id, False, self._init_error, 0.0, "error")
@@ -80,6 +80,12 @@ class RuntimeApi:
                 pending.answer.cancel()  # withdrawn: the runtime skips it if it was not picked up yet
         duration_ms = (time.perf_counter() - (pending.started or time.perf_counter())) * 1000.0
         return self._finish(request_id, ok, body, duration_ms, None)
+
+    async def warm(self) -> None:
+        """The external runtime starts on its own: nothing to warm."""
+
+    async def recycle(self) -> None:
+        """The external runtime is not the emulator's to restart."""
 
     async def close(self) -> None:
         for pending in self._in_flight.values():

@@ -14,16 +14,19 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from emulator import limits
 from emulator.http_front import HttpFront
 from emulator.invoke_api import InvokeApi
 from emulator.pool import Executor, Invocation, LogSink, WorkerPool
 from emulator.routing import Router
 from emulator.runtime_api import PREFIX, RuntimeApi
 from emulator.template import FunctionSpec
+from emulator.worker import DEFAULT_ENVIRONMENT, EnvironmentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,17 @@ class EmulatorConfig:
     runtime_api_port: int | None = None
     """Serve this function's invocations through the Runtime API on this port (like the RIE)."""
     runtime_api_function: str | None = None
+    runtime_api_launch: bool = False
+    """Start the runtime too (``python -m awslambdaric <handler>`` with the function's environment), as the RIE does."""
+    warm_containers: Literal["EAGER", "LAZY"] = "LAZY"
+    """EAGER: one environment per function starts with the emulator; LAZY: on its first invocation."""
+    reload: bool = True
+    """Replace warm environments when a source file of a function changes (watchfiles)."""
+    event_retry_delays_s: tuple[float, ...] = limits.EVENT_RETRY_DELAYS_S
+    """The waits before each retry of a failed Event invocation: AWS's two, by default."""
+    environment: EnvironmentOptions = DEFAULT_ENVIRONMENT
+    shutdown_timeout_s: float = 5.0
+    """SIGTERM or SIGINT stops the emulator within this, whatever is still polling or running."""
 
 
 class _ByPort:

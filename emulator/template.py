@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_MB = 128
 DEFAULT_TIMEOUT_S = 3.0
+PUBLISHED_VERSION = "1"
 IMAGE_TASK_ROOT = "/var/task"
 """Where an image function's code lives; locally, the code location (the Docker context)."""
 
@@ -38,6 +39,8 @@ class HttpRoute:
     path: str
     method: str
     payload_version: Literal["1.0", "2.0"]
+    stage: str = "$default"
+    """The stage in the event's requestContext: "$default" for an HTTP API; a REST API's StageName ("Prod" for SAM's implicit API)."""
 
     @property
     def route_key(self) -> str:
@@ -53,6 +56,24 @@ class FunctionSpec:
     timeout_s: float = DEFAULT_TIMEOUT_S
     environment: Mapping[str, str] = field(default_factory=dict)
     routes: tuple[HttpRoute, ...] = ()
+    alias: str | None = None
+    """``AutoPublishAlias``: the alias that names the function's published version."""
+    ephemeral_storage_mb: int = 512
+    dockerfile: Path | None = None
+    """An image function's Dockerfile (``Metadata.Dockerfile`` in its DockerContext); None for a Zip function."""
+
+    @property
+    def published_version(self) -> str | None:
+        """The version an AutoPublishAlias points at: "1", as after a first ``sam deploy``; None without one."""
+        return PUBLISHED_VERSION if self.alias else None
+
+    def executed_version(self, qualifier: str | None) -> str | None:
+        """The version a qualifier runs: "$LATEST" for none; None for a qualifier the function does not have."""
+        if qualifier in (None, "", "$LATEST"):
+            return "$LATEST"
+        if self.alias is not None and qualifier in (self.alias, PUBLISHED_VERSION):
+            return PUBLISHED_VERSION
+        return None
 
 
 def load_functions(

@@ -28,6 +28,23 @@ _HOST_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "S
 _EMULATOR_ROOT = Path(__file__).resolve().parents[1]
 
 
+@dataclass(frozen=True)
+class EnvironmentOptions:
+    """How the emulator builds each execution environment of a function."""
+
+    memory_limit: bool = True
+    """Enforce the function's MemorySize (``Runtime.OutOfMemory``); ``--no-memory-limit`` turns it off."""
+    isolate: bool = True
+    """A private, empty /tmp and a read-only code folder, where the OS allows it."""
+    python: str = sys.executable
+    """The interpreter of the function: its image's dependency set (a venv), or the dev venv's (``--use-dev-env``)."""
+    task_root: Path | None = None
+    """The code folder as the image lays it out (only what the Dockerfile copies); None: the spec's code_root."""
+
+
+DEFAULT_ENVIRONMENT = EnvironmentOptions()
+
+
 class WorkerTimeout(Exception):
     """The environment did not answer in time; it has been killed."""
 
