@@ -97,8 +97,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The template's Lambda functions, locally: HTTP front on :3000, Invoke API on :3001, as a development
-# deployment (the sample events' token; the template itself runs with ENVIRONMENT=production).
-EMULATE_ARGS ?= --env-vars events/local-env.json
+# deployment: samconfig.toml gives every local command --env-vars events/local-env.json (the sample events' token).
+EMULATE_ARGS ?=
 emulate: setup
 	$(BIN)/mlinfer emulate $(EMULATE_ARGS)
 

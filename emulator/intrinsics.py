@@ -6,6 +6,7 @@ a resource, Fn::GetAtt and Fn::ImportValue cannot be known locally and raise ``U
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -131,14 +132,83 @@ class Resolver:
         return _SUB_VARIABLE.sub(substitute, text)
 
 
+class ParameterError(ValueError):
+    """A parameter value CloudFormation would refuse; the message names the parameter and the constraint."""
+
+
 def parameter_values(declared: Mapping[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
-    """Each parameter's override or default; a CommaDelimitedList becomes a list."""
+    """Each parameter's override or default, checked as CloudFormation checks it; a list type becomes a list.
+
+    Raises ``ParameterError`` for an override of a parameter the template does not declare, and for
+    a value (given or default) outside its Type, AllowedValues, AllowedPattern (matched against the
+    whole value), MinLength/MaxLength or MinValue/MaxValue.
+    """
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise ParameterError(
+            f"Parameters: [{', '.join(unknown)}] do not exist in the template (it declares: {', '.join(declared) or 'none'})"
+        )
     values: dict[str, Any] = {}
     for name, declaration in declared.items():
         value = overrides.get(name, declaration.get("Default"))
         if value is None:
             continue
-        if str(declaration.get("Type", "")).startswith("CommaDelimitedList") or str(declaration.get("Type", "")).startswith("List<"):
-            value = str(value).split(",")
-        values[name] = value
+        kind = str(declaration.get("Type", "String"))
+        if kind.startswith(("CommaDelimitedList", "List<")):
+            items = str(value).split(",")
+            for item in items:
+                check_parameter(name, declaration, item.strip() if kind == "List<Number>" else item)
+            values[name] = items
+        else:
+            check_parameter(name, declaration, value)
+            values[name] = value
     return values
+
+
+def check_parameter(name: str, declaration: Mapping[str, Any], value: Any) -> None:
+    """One value (one item of a list type) against the parameter's constraints."""
+    text = _text(value)
+    kind = str(declaration.get("Type", "String"))
+    if kind in ("Number", "List<Number>"):
+        number = _number(text)
+        if number is None:
+            raise ParameterError(f"Parameter '{name}' must be a number, not {text!r}")
+        if "MinValue" in declaration and number < float(declaration["MinValue"]):
+            raise ParameterError(f"Parameter '{name}' must be a number not less than {declaration['MinValue']}, not {text}")
+        if "MaxValue" in declaration and number > float(declaration["MaxValue"]):
+            raise ParameterError(f"Parameter '{name}' must be a number not greater than {declaration['MaxValue']}, not {text}")
+    allowed = declaration.get("AllowedValues")
+    if allowed is not None and not any(_same(text, _text(option), kind) for option in allowed):
+        options = ", ".join(_text(option) for option in allowed)
+        raise ParameterError(f"Parameter '{name}' must be one of AllowedValues [{options}], not {text!r}")
+    pattern = declaration.get("AllowedPattern")
+    if pattern is not None and re.fullmatch(str(pattern), text) is None:
+        raise ParameterError(f"Parameter '{name}' must match pattern {pattern}, not {text!r}")
+    if "MinLength" in declaration and len(text) < int(declaration["MinLength"]):
+        raise ParameterError(f"Parameter '{name}' must contain at least {declaration['MinLength']} characters, not {len(text)}")
+    if "MaxLength" in declaration and len(text) > int(declaration["MaxLength"]):
+        raise ParameterError(f"Parameter '{name}' must contain at most {declaration['MaxLength']} characters, not {len(text)}")
+
+
+def _text(value: Any) -> str:
+    """A value as CloudFormation passes it: YAML's true and 30 are the strings "true" and "30"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _same(value: str, option: str, kind: str) -> bool:
+    if value == option:
+        return True
+    if kind in ("Number", "List<Number>"):
+        left, right = _number(value), _number(option)
+        return left is not None and left == right
+    return False

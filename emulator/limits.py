@@ -2,11 +2,12 @@
 
 Each entry carries the figure AWS documents, where, and the date it was read there, so that a
 change on AWS's side is one edit here. The fronts, the environments and the Runtime API read
-their bounds from this module only.
+their bounds from this module only, and read bounded bodies with ``read_bounded``.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 
@@ -45,7 +46,8 @@ SYNC_RESPONSE_BYTES = Limit(
     "bytes",
     _LAMBDA_QUOTAS,
     "2026-12-01",
-    "a function error of type Function.ResponseSizeTooLarge; the Runtime API refuses the /response with 413",
+    "a function error of type Function.ResponseSizeTooLarge (whose message names 6,291,556 bytes); the Runtime API refuses the "
+    "/response with 413",
 )
 EVENT_REQUEST_BYTES = Limit(
     "Invoke (Event) request payload",
@@ -138,3 +140,27 @@ def table() -> str:
         figure = f"{limit.value:,} {limit.unit}"
         rows.append(f"| {limit.name} | {figure} | [{limit.source.rsplit('/', 1)[-1]}]({limit.source}), {limit.read_on} |")
     return "\n".join(rows)
+
+
+class TooLarge(Exception):
+    """A request body over its limit; ``size`` is the whole body's, counted while it was discarded."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+async def read_bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The body, or ``TooLarge`` once it passes ``limit``: what follows is read and counted, never kept,
+    so that the client, still sending, gets the answer rather than a reset connection."""
+    kept: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size <= limit:
+            kept.append(chunk)
+        elif kept:
+            kept.clear()
+    if size > limit:
+        raise TooLarge(size)
+    return b"".join(kept)

@@ -37,7 +37,9 @@ def report_line(
     max_memory_mb: int,
     init_ms: float | None = None,
     status: str | None = None,
+    error_type: str | None = None,
 ) -> str:
+    """``error_type`` follows ``Status: error`` as AWS's ``Error Type`` field (e.g. ``Runtime.OutOfMemory``)."""
     fields = [
         f"REPORT RequestId: {request_id}",
         f"Duration: {duration_ms:.2f} ms",
@@ -49,6 +51,8 @@ def report_line(
         fields.append(f"Init Duration: {init_ms:.2f} ms")
     if status is not None:
         fields.append(f"Status: {status}")
+    if status == "error" and error_type is not None:
+        fields.append(f"Error Type: {error_type}")
     return "\t".join(fields) + "\t\n"
 
 

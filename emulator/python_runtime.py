@@ -107,15 +107,22 @@ def init(handler_name: str) -> Init:
     return Init(_ms_since(started), handler=handler)
 
 
-def make_context(request_id: str | None = None, *, deadline_ms: int | None = None, invoked_function_arn: str | None = None) -> Any:
+def make_context(
+    request_id: str | None = None,
+    *,
+    deadline_ms: int | None = None,
+    invoked_function_arn: str | None = None,
+    client_context: dict[str, Any] | None = None,
+) -> Any:
     """awslambdaric's context of one invocation (typed ``Any``: awslambdaric ships no types).
 
-    Left out: a new request id, a deadline ``LOCAL_TIMEOUT_S`` from now, and the ARN of the
-    function ``AWS_LAMBDA_FUNCTION_NAME`` names.
+    Left out: a new request id, a deadline ``LOCAL_TIMEOUT_S`` from now, the ARN of the
+    function ``AWS_LAMBDA_FUNCTION_NAME`` names, and no client context. ``client_context`` is
+    the invocation's ClientContext, decoded (``context.client_context.custom``, ``.env``, ``.client``).
     """
     return LambdaContext(
         invoke_id=request_id or str(uuid.uuid4()),
-        client_context=None,
+        client_context=client_context,
         cognito_identity=None,
         epoch_deadline_time_in_ms=deadline_ms if deadline_ms is not None else int((time.time() + LOCAL_TIMEOUT_S) * 1000),
         invoked_function_arn=invoked_function_arn or function_arn(os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "local")),

@@ -66,7 +66,11 @@ class Settings(BaseSettings):
         "(a secret ARN, or 'secretsmanager:<name>') instead of AUTH_TOKEN.",
     )
     auth_token_ttl_s: int = Field(300, ge=0, description="How long a token read from SSM / Secrets Manager is cached.")
-    batch_results_uri: str | None = Field(None, pattern=r"^s3://[^/]+/.*$", description="s3://bucket/prefix/ for SQS batch results.")
+    batch_results_uri: str | None = Field(
+        None,
+        pattern=r"^(s3://[^/]+/.*|file://.+)$",
+        description="s3://bucket/prefix/ for SQS batch results; locally, file://folder/ writes them there.",
+    )
     api_gateway_base_path: str = Field("/", description="Path prefix API Gateway adds (custom-domain base path mapping).")
     powertools_service_name: str = Field("ml-inference-system", description="Service name in Lambda logs, metrics and traces.")
     powertools_metrics_namespace: str = Field("MLInference", description="CloudWatch namespace of the Lambda EMF metrics.")

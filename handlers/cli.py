@@ -62,16 +62,53 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _emulator_arguments(emulate: argparse.ArgumentParser, invoke: argparse.ArgumentParser) -> None:
-    for parser in (emulate, invoke):
-        parser.add_argument("--template", "-t", type=Path, default=Path("template.yaml"), help="SAM template (default: template.yaml)")
+    """The options of ``sam local start-api``/``start-lambda`` and ``sam local invoke`` that apply here, and the emulator's own.
+
+    An option left unset is taken from samconfig.toml, else its default (so these defaults are None here).
+    """
+    for parser, sections in ((emulate, "local_start_api and local_start_lambda"), (invoke, "local_invoke")):
+        parser.epilog = f"Unset options come from samconfig.toml beside the template (global, then {sections}), else their defaults."
+        parser.add_argument("--template", "--template-file", "-t", type=Path, help="SAM template (default: template.yaml)")
         parser.add_argument("--env-vars", "-n", type=Path, help='JSON overrides: {"Parameters": {...}, "<Function>": {...}}')
-        parser.add_argument("--parameter-overrides", nargs="*", metavar="KEY=VALUE", help="template parameter values")
-    emulate.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    emulate.add_argument("--port", "-p", type=int, default=3000, help="HTTP front, like sam local start-api (default: 3000)")
-    emulate.add_argument("--lambda-port", type=int, default=3001, help="Invoke API, like sam local start-lambda (default: 3001)")
-    emulate.add_argument("--max-concurrency", type=int, default=10, help="environments per function before 429 (default: 10)")
+        parser.add_argument(
+            "--parameter-overrides",
+            nargs="+",
+            action="extend",
+            metavar="OVERRIDE",
+            help="template parameter values, as sam takes them: 'Key=Value Other=Value' or 'ParameterKey=Key,ParameterValue=Value'",
+        )
+        parser.add_argument("--config-file", type=Path, help="samconfig.toml to read (default: the one beside the template, if any)")
+        parser.add_argument("--config-env", help="the config environment of samconfig.toml (default: default)")
+        parser.add_argument("--log-file", "-l", type=Path, help="append the functions' logs to this file instead of stderr")
+        parser.add_argument("--no-memory-limit", action="store_true", default=None, help="do not enforce MemorySize")
+        parser.add_argument(
+            "--use-dev-env",
+            action="store_true",
+            default=None,
+            help="run functions with this interpreter and the code as it is, not the image's dependency set and task root",
+        )
+    emulate.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    emulate.add_argument("--port", "-p", type=int, help="HTTP front, like sam local start-api (default: 3000)")
+    emulate.add_argument("--lambda-port", type=int, help="Invoke API, like sam local start-lambda (default: 3001)")
+    emulate.add_argument("--max-concurrency", type=int, help="environments per function before 429 (default: 10)")
     emulate.add_argument("--runtime-api-port", type=int, help="serve a function through the Lambda Runtime API on this port")
     emulate.add_argument("--runtime-api-function", help="the function the Runtime API serves (default: the first)")
+    emulate.add_argument(
+        "--runtime-api-launch", action="store_true", default=None, help="start the runtime too (python -m awslambdaric), as the RIE does"
+    )
+    emulate.add_argument(
+        "--warm-containers",
+        type=str.upper,
+        choices=("EAGER", "LAZY"),
+        help="EAGER: start one environment per function now; LAZY: at its first invocation (default: LAZY)",
+    )
+    emulate.add_argument(
+        "--no-reload", "--no-watch", action="store_true", default=None, help="keep warm environments when a source file changes"
+    )
+    emulate.add_argument(
+        "--event-retry-delays", metavar="SECONDS,SECONDS", help="waits before the retries of a failed Event invocation (default: 60,120)"
+    )
+    emulate.add_argument("--shutdown-timeout", type=float, metavar="SECONDS", help="stop within this on SIGTERM or SIGINT (default: 5)")
     invoke.add_argument("function", help="logical id of the function in the template")
     invoke.add_argument("--event", "-e", help="event JSON file, '-' for stdin (default: {})")
 

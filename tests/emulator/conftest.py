@@ -48,7 +48,8 @@ def start_emulator(
 ) -> tuple[subprocess.Popen[bytes], Emulator]:
     port, lambda_port, runtime_port = free_port(), free_port(), free_port()
     command = [sys.executable, "-m", "handlers.cli", "emulate", "--template", str(template), "--port", str(port)]
-    command += ["--lambda-port", str(lambda_port), *extra]
+    # --no-reload: the test template's code folder is the checkout, and an edit there must not replace environments mid-test.
+    command += ["--lambda-port", str(lambda_port), "--no-reload", *extra]
     if runtime_api_function is not None:
         command += ["--runtime-api-port", str(runtime_port), "--runtime-api-function", runtime_api_function]
     if env_vars is not None:

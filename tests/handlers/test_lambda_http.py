@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from emulator.pool import Invocation
 from tests.handlers.lambda_events import alb, generate, http_api, rest_api
 from tests.handlers.lambda_harness import Run, run_lambda
 
@@ -147,3 +148,66 @@ def test_production_cold_start_fails_with_the_default_token_or_none(models_dir: 
     log = "".join(logged)
     assert function_error, payload
     assert "InsecureConfiguration" in payload.decode() + log and "ENVIRONMENT=production" in payload.decode() + log
+
+
+@pytest.fixture(scope="module")
+def pings(models_dir: Path) -> list[Invocation]:
+    """Warm-up pings, an HTTP request and an event that is neither, in turn, in one environment."""
+    import asyncio
+    import os
+
+    from emulator.pool import WorkerPool
+    from emulator.template import FunctionSpec
+    from tests.conftest import REPO_ROOT
+    from tests.handlers.lambda_harness import DEFAULT_ENVIRONMENT, FUNCTION_NAME
+
+    handler = "handlers.lambda_http.handler"
+    spec = FunctionSpec(FUNCTION_NAME, handler, REPO_ROOT, memory_mb=2048, timeout_s=60.0, environment=DEFAULT_ENVIRONMENT)
+    events = [
+        generate("cloudwatch", "scheduled-event"),
+        {"warmup": True},
+        {"source": "serverless-plugin-warmup"},
+        http_api(generate("apigateway", "http-api-proxy"), "POST", "/api/v1/predict", SEED_BODY, TOKEN),
+        generate("sqs", "receive-message"),
+        ["not", "an", "object"],
+    ]
+
+    async def invoke_in_turn() -> list[Invocation]:
+        pool = WorkerPool(spec, os.environ, max_concurrency=1, log_sink=lambda _function, _text: None)
+        try:
+            return [await pool.invoke(json.dumps(event).encode()) for event in events]
+        finally:
+            await pool.close()
+
+    return asyncio.run(invoke_in_turn())
+
+
+def _log_lines(invocation: Invocation) -> list[dict[str, Any]]:
+    """The function's own JSON log lines of one invocation; EMF metric records left out."""
+    lines = [json.loads(line) for line in invocation.log.splitlines() if line.startswith("{")]
+    return [line for line in lines if "_aws" not in line]
+
+
+@pytest.mark.parametrize(("index", "source"), [(0, "aws.events"), (1, "warmup"), (2, "serverless-plugin-warmup")])
+def test_a_warm_up_ping_gets_a_short_success_and_one_log_line(pings: list[Invocation], index: int, source: str) -> None:
+    from tests.handlers.lambda_harness import FUNCTION_NAME
+
+    ping = pings[index]
+    assert not ping.function_error, ping.payload
+    assert json.loads(ping.payload) == {"warm": True, "function": FUNCTION_NAME, "source": source}
+    (line,) = _log_lines(ping)  # nothing else logged: no request, no model loaded
+    assert (line["message"], line["source"], line["level"]) == ("warm-up ping", source, "INFO")
+    assert line["cold_start"] is (index == 0)
+
+
+def test_the_environment_still_answers_http_after_pings(pings: list[Invocation]) -> None:
+    response = json.loads(pings[3].payload)
+    assert response["statusCode"] == 200, response
+    assert [line["message"] for line in _log_lines(pings[3])] == ["http request"]
+
+
+@pytest.mark.parametrize(("index", "shape"), [(4, "keys ['Records']"), (5, "a JSON list")])
+def test_any_other_event_is_a_clear_error(pings: list[Invocation], index: int, shape: str) -> None:
+    error = json.loads(pings[index].payload)
+    assert pings[index].function_error and error["errorType"] == "UnsupportedEvent", error
+    assert "API Gateway" in error["errorMessage"] and "warm-up pings" in error["errorMessage"] and shape in error["errorMessage"]

@@ -73,3 +73,41 @@ def test_batch_writes_each_result_and_fails_only_bad_records(endpoint: str, mode
     assert iris["results"][0]["prediction"] == "setosa"
     assert any(line.get("message") == "batch record answered" for line in run.logs)
     assert any("BatchRecordFailures" in line for line in run.logs if "_aws" in line)
+
+
+def test_a_file_uri_writes_each_result_into_a_local_folder(tmp_path: Path, models_dir: Path) -> None:
+    """Without isolation: the host's /tmp (tmp_path) is not an isolated environment's."""
+    import asyncio
+    import os
+
+    from emulator.pool import WorkerPool
+    from emulator.template import FunctionSpec
+    from emulator.worker import EnvironmentOptions
+    from tests.conftest import REPO_ROOT
+    from tests.handlers.lambda_harness import DEFAULT_ENVIRONMENT, FUNCTION_NAME
+
+    folder = tmp_path / "not" / "yet" / "there"
+    environment = {**DEFAULT_ENVIRONMENT, "BATCH_RESULTS_URI": f"file://{folder}/"}
+    spec = FunctionSpec(FUNCTION_NAME, "handlers.lambda_sqs.handler", REPO_ROOT, memory_mb=2048, timeout_s=60.0, environment=environment)
+    bodies = [json.dumps({"id": "review/1", "texts": ["I love this product"]}), "not json", json.dumps({"id": "r2", "texts": ["Awful."]})]
+    logged: list[str] = []
+
+    async def invoke() -> bytes:
+        pool = WorkerPool(
+            spec, os.environ, max_concurrency=1, log_sink=lambda _f, text: logged.append(text), options=EnvironmentOptions(isolate=False)
+        )
+        try:
+            invocation = await pool.invoke(json.dumps(_records(bodies)).encode())
+            assert not invocation.function_error, invocation.payload
+            return invocation.payload
+        finally:
+            await pool.close()
+
+    response = json.loads(asyncio.run(invoke()))
+    assert response == {"batchItemFailures": [{"itemIdentifier": "msg-1"}]}
+    assert sorted(path.name for path in folder.iterdir()) == ["r2.json", "review%2F1.json"]
+    review = json.loads((folder / "review%2F1.json").read_text())
+    assert (review["request_id"], review["results"][0]["prediction"]) == ("review/1", "positive")
+    answered = [json.loads(line) for line in "".join(logged).splitlines() if '"batch record answered"' in line]
+    assert sorted(line["result_file"] for line in answered) == [str(folder / "r2.json"), str(folder / "review%2F1.json")]
+    assert all("s3_key" not in line for line in answered)

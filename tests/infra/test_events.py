@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,14 +101,20 @@ def _invoke_predict(*extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_the_template_runs_in_production_and_the_local_env_file_runs_the_sample_events() -> None:
-    # As deployed (ENVIRONMENT=production, no token given): init refuses the events' development token.
-    refused = _invoke_predict()
+def test_the_template_runs_in_production_and_the_local_env_file_runs_the_sample_events(tmp_path: Path) -> None:
+    # As deployed (ENVIRONMENT=production, no token given; an empty samconfig.toml instead of the
+    # repository's, which names the local env file): init refuses the events' development token.
+    empty = tmp_path / "samconfig.toml"
+    empty.write_text("version = 0.1\n")
+    refused = _invoke_predict("--config-file", str(empty))
     assert "ENVIRONMENT=production" in refused.stdout + refused.stderr, refused.stderr[-3000:]
     assert '"statusCode": 200' not in refused.stdout
-    # The README's command: a development deployment, the sample events' token.
-    assert json.loads(LOCAL_ENV.read_text()) == {"InferenceFunction": {"ENVIRONMENT": "development", "AUTH_TOKEN": "secret-token"}}
-    served = _invoke_predict("--env-vars", str(LOCAL_ENV))
+    # The README's command, as the repository's samconfig.toml runs it: a development deployment, the sample events' token.
+    assert json.loads(LOCAL_ENV.read_text()) == {
+        "InferenceFunction": {"ENVIRONMENT": "development", "AUTH_TOKEN": "secret-token"},
+        "BatchFunction": {"BATCH_RESULTS_URI": "file://./batch-results/"},
+    }
+    served = _invoke_predict()
     assert served.returncode == 0, served.stderr[-3000:]
     response = json.loads(served.stdout.strip().splitlines()[-1])
     assert response["statusCode"] == 200, response
