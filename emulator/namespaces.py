@@ -71,12 +71,16 @@ def enter() -> None:
 
 
 def private_tmp(size_mb: int, keep: list[str]) -> None:
-    """A fresh tmpfs on /tmp; the ``keep`` folders under /tmp are bound back in at their paths."""
+    """A fresh tmpfs on /tmp; the ``keep`` folders and files under /tmp are bound back in at their paths."""
     hidden = _outermost([path for path in keep if os.path.realpath(path).startswith(_TMP + "/")])
-    handles = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in hidden]  # reachable once hidden
+    handles = [(path, os.path.isdir(path), os.open(path, os.O_PATH)) for path in hidden]  # reachable once hidden
     _mount("tmpfs", _TMP, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size_mb}m,mode=1777")
-    for path, handle in handles:
-        os.makedirs(path, exist_ok=True)
+    for path, folder, handle in handles:
+        if folder:
+            os.makedirs(path, exist_ok=True)
+        else:  # a file is bound onto a file
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
         _mount(f"/proc/self/fd/{handle}", path, None, _MS_BIND | _MS_REC)
         os.close(handle)
 

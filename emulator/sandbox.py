@@ -120,12 +120,16 @@ class Sandbox:
 
 
 def linked_sources(task_root: Path) -> list[Path]:
-    """The host files and folders a staged task root links to: what a sandbox keeps visible, and read-only, with it."""
-    sources = []
+    """The host files and folders a staged task root links to: what a sandbox keeps visible, and read-only, with it.
+
+    Each link's own target and, when that is a link too (a checkout's ``models`` linked elsewhere), where it resolves."""
+    sources = set()
     for folder, names, files in os.walk(task_root):
-        for name in sorted([*names, *files]):
-            if (Path(folder) / name).is_symlink():
-                sources.append((Path(folder) / name).resolve())
+        for name in [*names, *files]:
+            link = Path(folder) / name
+            if link.is_symlink():
+                sources.add(Path(os.path.normpath(link.parent / os.readlink(link))))
+                sources.add(link.resolve())
     return sorted(sources)
 
 

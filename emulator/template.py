@@ -30,7 +30,7 @@ DEFAULT_MEMORY_MB = 128
 DEFAULT_TIMEOUT_S = 3.0
 PUBLISHED_VERSION = "1"
 IMAGE_TASK_ROOT = "/var/task"
-"""Where an image function's code lives; locally, the code location (the Docker context)."""
+"""Where an image function's code lives; locally, its task root (``emulator.worker`` maps the variables that name it)."""
 DEFAULT_DOCKERFILE = "Dockerfile"
 IMPLICIT_REST_STAGE = "Prod"
 """The stage of the REST API that SAM creates for ``Api`` events without a ``RestApiId``."""
@@ -119,7 +119,7 @@ def load_functions(
         code_root = _code_root(template_path.parent, resource, properties)
         dockerfile = _dockerfile(code_root, resource, properties)
         declared = {**_variables(globals_), **_variables(own)}
-        resolved = {key: _rewrite_task_root(_env_value(resolver, value), code_root) for key, value in declared.items()}
+        resolved = {key: _env_value(resolver, value) for key, value in declared.items()}
         environment = {key: value for key, value in resolved.items() if value is not None}
         for scope, source in (("Parameters", overrides.get("Parameters") or {}), (name, overrides.get(name) or {})):
             for key, value in source.items():
@@ -214,12 +214,6 @@ def _env_value(resolver: Resolver, value: Any) -> str | None:
     if isinstance(resolved, list | dict):
         return ""
     return str(resolved)
-
-
-def _rewrite_task_root(value: str | None, code_root: Path) -> str | None:
-    if value is not None and (value == IMAGE_TASK_ROOT or value.startswith(IMAGE_TASK_ROOT + "/")):
-        return str(code_root) + value[len(IMAGE_TASK_ROOT) :]
-    return value
 
 
 def _handler(name: str, properties: Mapping[str, Any], dockerfile: Path | None) -> str:

@@ -37,7 +37,7 @@ from typing import IO, Any
 from emulator import limits, sandbox
 from emulator.function_errors import exit_reason
 from emulator.memory import MemoryWatch
-from emulator.template import FunctionSpec
+from emulator.template import IMAGE_TASK_ROOT, FunctionSpec
 
 BOOTSTRAP = Path(__file__).resolve().with_name("bootstrap.py")
 HEADER_LIMIT = 64 * 1024
@@ -145,8 +145,15 @@ def environment(
         "LAMBDA_TASK_ROOT": root,
         "_HANDLER": spec.handler,
         "TZ": ":UTC",
-        **spec.environment,
+        **{key: _in_task_root(value, root) for key, value in spec.environment.items()},
     }
+
+
+def _in_task_root(value: str, root: str) -> str:
+    """A variable naming ``/var/task`` (``MODEL_REGISTRY_PATH=/var/task/model_registry.yaml``) names the local task root."""
+    if value == IMAGE_TASK_ROOT or value.startswith(IMAGE_TASK_ROOT + "/"):
+        return root + value[len(IMAGE_TASK_ROOT) :]
+    return value
 
 
 class Worker:

@@ -113,3 +113,38 @@ def test_where_namespaces_are_refused_environments_get_a_tmpdir_each_and_one_war
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1, result.stderr
     assert "share the host's /tmp" in warnings[0] and "code folder" in warnings[0] and "No space left on device" in warnings[0]
+
+
+_LINKED_HANDLER = '''
+import os
+from pathlib import Path
+
+
+def handler(event, context):
+    """Reads the linked settings file, tries to write into the linked code folder and into the output folder."""
+    answer = {"settings": Path("settings.yaml").read_text()}
+    for key, folder in (("code", Path("app")), ("output", Path(os.environ["RESULTS_URI"].removeprefix("file://")))):
+        try:
+            (folder / "written.txt").write_text("x")
+            answer[key] = "written"
+        except OSError as exc:
+            answer[key] = exc.strerror
+    return answer
+'''
+
+
+def test_a_staged_task_root_under_tmp_links_files_and_folders_read_only_and_output_stays_writable(tmp_path: Path) -> None:
+    """As a checkout under /tmp runs: the staged task root's links (a file, a folder) resolve inside the private /tmp,
+    read-only, and the folder a ``file://`` variable names is writable."""
+    require_namespaces()
+    context, staged, output = tmp_path / "context", tmp_path / "staged", tmp_path / "context" / "results"
+    (context / "app").mkdir(parents=True)
+    (context / "app" / "main.py").write_text(_LINKED_HANDLER)
+    (context / "settings.yaml").write_text("answer: 42\n")
+    staged.mkdir()
+    for name in ("app", "settings.yaml"):
+        (staged / name).symlink_to(context / name)
+    spec = FunctionSpec("Linked", "app.main.handler", context, environment={"RESULTS_URI": f"file://{output}/"})
+    (invocation,) = invoke(spec, {}, options=EnvironmentOptions(task_root=staged))
+    assert answer(invocation) == {"settings": "answer: 42\n", "code": "Read-only file system", "output": "written"}, invocation.log
+    assert (output / "written.txt").read_text() == "x" and not (context / "app" / "written.txt").exists()

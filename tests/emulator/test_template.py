@@ -70,7 +70,7 @@ def test_small_template(tmp_path: Path) -> None:
     assert api.environment == {
         "STAGE": "local",
         "BACKEND": "memory",
-        "REGISTRY": f"{tmp_path / 'src'}/registry.yaml",
+        "REGISTRY": "/var/task/registry.yaml",  # the task root's, as the image has it (the worker maps it)
         "URL": "https://dev.example.com/us-east-1",
         "BUCKET": "",
         "DEBUG": "false",
@@ -96,7 +96,7 @@ def test_the_repository_template() -> None:
     assert inference.handler == "handlers.lambda_http.handler" and batch.handler == "handlers.lambda_sqs.handler"
     assert (inference.memory_mb, inference.timeout_s, batch.timeout_s) == (2048, 30.0, 120.0)
     assert inference.code_root == REPO_ROOT
-    assert inference.environment["MODEL_REGISTRY_PATH"] == str(REPO_ROOT / "model_registry.yaml")
+    assert inference.environment["MODEL_REGISTRY_PATH"] == "/var/task/model_registry.yaml"
     assert inference.environment["CACHE_BACKEND"] == "memory" and "REDIS_HOST" not in inference.environment
     assert {route.path for route in inference.routes} == {"/{proxy+}", "/"}
     assert (inference.alias, batch.alias, inference.published_version) == ("live", None, "1")

@@ -26,7 +26,9 @@ HOST = {
 
 
 def test_the_environment_is_lambdas_for_the_version_and_task_root(tmp_path: Path) -> None:
-    spec = FunctionSpec("Fn", "app.handler", tmp_path / "code", memory_mb=512, environment={"GREETING": "hi"})
+    spec = FunctionSpec(
+        "Fn", "app.handler", tmp_path / "code", memory_mb=512, environment={"GREETING": "hi", "REGISTRY": "/var/task/registry.yaml"}
+    )
     options = EnvironmentOptions(python="/opt/image-venv/bin/python", task_root=tmp_path / "task")
     variables = environment(spec, HOST, options, version="1")
     assert variables["LAMBDA_TASK_ROOT"] == variables["PYTHONPATH"] == str(tmp_path / "task")
@@ -34,6 +36,7 @@ def test_the_environment_is_lambdas_for_the_version_and_task_root(tmp_path: Path
     assert (variables["AWS_LAMBDA_FUNCTION_VERSION"], variables["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]) == ("1", "512")
     assert re.fullmatch(r"\d{4}/\d{2}/\d{2}/\[1\][0-9a-f]{32}", variables["AWS_LAMBDA_LOG_STREAM_NAME"])
     assert (variables["AWS_REGION"], variables["AWS_ACCESS_KEY_ID"], variables["GREETING"]) == ("eu-west-1", "testing", "hi")
+    assert variables["REGISTRY"] == str(tmp_path / "task" / "registry.yaml")  # /var/task is the local task root
     assert not {"TMPDIR", "VIRTUAL_ENV", "UNRELATED", "_X_AMZN_TRACE_ID"} & set(variables)
     latest = environment(spec, HOST)  # the two-argument form: $LATEST, the spec's code folder, the emulator's python
     assert (latest["AWS_LAMBDA_FUNCTION_VERSION"], latest["LAMBDA_TASK_ROOT"]) == ("$LATEST", str(tmp_path / "code"))
