@@ -90,8 +90,8 @@ test: setup redis-server tools system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine handlers tests bench
-	$(BIN)/ruff format --check engine handlers tests bench
+	$(BIN)/ruff check engine handlers emulator modelbuild tests bench
+	$(BIN)/ruff format --check engine handlers emulator modelbuild tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

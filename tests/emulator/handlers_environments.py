@@ -28,10 +28,26 @@ def allocate_in_child(event: Any, context: Any) -> dict[str, Any]:
     return {"child": "done"}
 
 
+def own_entries(folder: str) -> set[str]:
+    """The entries of ``folder`` that hold this environment's own code or interpreter (a checkout under /tmp, kept
+    visible in its private /tmp): not what another environment left."""
+    own = set()
+    for path in (os.environ.get("LAMBDA_TASK_ROOT", ""), os.path.realpath(__file__), sys.prefix):
+        relative = os.path.relpath(path, folder) if path else os.pardir
+        if not relative.startswith(os.pardir):
+            own.add(relative.split(os.sep, 1)[0])
+    return own
+
+
+def listing(folder: str) -> list[str]:
+    """``folder``'s entries but for this environment's own (``own_entries``)."""
+    return sorted(set(os.listdir(folder)) - own_entries(folder))
+
+
 def temporary_folder(event: Any, context: Any) -> dict[str, Any]:
     """The temporary folder: what it held before this wrote ``name`` into it, what after ``hold_s``, and its size."""
     folder = tempfile.gettempdir()
-    before = sorted(os.listdir(folder))
+    before = listing(folder)
     with open(os.path.join(folder, event["name"]), "w") as marker:
         marker.write(context.aws_request_id)
     time.sleep(float(event.get("hold_s", 0)))
@@ -39,7 +55,7 @@ def temporary_folder(event: Any, context: Any) -> dict[str, Any]:
     return {
         "folder": folder,
         "before": before,
-        "after": sorted(os.listdir(folder)),
+        "after": listing(folder),
         "tmpdir": os.environ.get("TMPDIR"),
         "size_mb": size.f_blocks * size.f_frsize // MB,
     }

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.emulator.handlers_environments import listing
+
 MB = 1024 * 1024
 
 
@@ -62,6 +64,6 @@ def exit_now(event: Any, context: Any) -> None:
 def temporary_files(event: Any, context: Any) -> dict[str, Any]:
     """What the environment's temporary folder holds (then it leaves a file there), and whether the code folder is writable."""
     folder = Path(tempfile.gettempdir())
-    found = sorted(path.name for path in folder.iterdir())
+    found = listing(str(folder))
     (folder / f"left-by-{context.aws_request_id}").write_text("x")
     return {"folder": str(folder), "found": found, "code_writable": os.access(os.getcwd(), os.W_OK)}
