@@ -85,12 +85,13 @@ class LaunchedRuntime:
     async def start(self, *, warm: bool = False) -> None:
         """Start the process; ``warm``: its init is not any invocation's (no Init Duration reported)."""
         launch = self._launch
-        if launch.isolate:
-            await asyncio.to_thread(sandbox.probe)  # once per process; it blocks for a few ms
-        python = Path(launch.command[0])
-        keep = [python.parent.parent, python.resolve().parent.parent]
-        box = sandbox.Sandbox(
-            self._name, task_root=launch.cwd, tmp_mb=launch.tmp_mb, keep=keep, isolate=launch.isolate, environment=launch.environment
+        box = await sandbox.open_sandbox(
+            self._name,
+            task_root=launch.cwd,
+            python=Path(launch.command[0]),
+            tmp_mb=launch.tmp_mb,
+            isolate=launch.isolate,
+            environment=launch.environment,
         )
         read_end, write_end = os.pipe()
         try:

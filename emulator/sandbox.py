@@ -15,6 +15,7 @@ the code folder is writable. One warning per emulator process says so, and why.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -117,6 +118,24 @@ class Sandbox:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+
+
+async def open_sandbox(
+    name: str,
+    *,
+    task_root: Path,
+    python: Path,
+    tmp_mb: int,
+    isolate: bool,
+    environment: Mapping[str, str] | None = None,
+    keep: Sequence[Path] = (),
+) -> Sandbox:
+    """An environment's sandbox, for a process run by ``python``: its interpreter's folders stay visible in the
+    private /tmp (besides ``keep``); the one-time namespace probe runs off the event loop (it blocks for a few ms)."""
+    if isolate:
+        await asyncio.to_thread(probe)
+    kept = [*keep, python.parent.parent, python.resolve().parent.parent]
+    return Sandbox(name, task_root=task_root, tmp_mb=tmp_mb, keep=kept, isolate=isolate, environment=environment)
 
 
 def linked_sources(task_root: Path) -> list[Path]:

@@ -208,13 +208,15 @@ class Worker:
         and the runtime's own start-up) to the handler module imported. Raises ``WorkerLost``
         when the process timed out, ran out of memory or died during init.
         """
-        if options.isolate:
-            await asyncio.to_thread(sandbox.probe)  # once per process; it blocks for a few ms
         root = task_root(spec, options)
-        python = Path(options.python)
-        keep = [BOOTSTRAP.parent, python.parent.parent, python.resolve().parent.parent]
-        box = sandbox.Sandbox(
-            spec.name, task_root=root, tmp_mb=spec.ephemeral_storage_mb, keep=keep, isolate=options.isolate, environment=spec.environment
+        box = await sandbox.open_sandbox(
+            spec.name,
+            task_root=root,
+            python=Path(options.python),
+            tmp_mb=spec.ephemeral_storage_mb,
+            isolate=options.isolate,
+            environment=spec.environment,
+            keep=[BOOTSTRAP.parent],
         )
         capture = tempfile.TemporaryFile()
         started = time.perf_counter()
