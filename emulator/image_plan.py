@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -124,17 +124,55 @@ class ImagePlan:
 
 
 @dataclass(frozen=True)
-class _Instruction:
+class Instruction:
     line: int
     keyword: str
+    """Upper case."""
     arguments: str
+    """As written, continuation lines joined with one space."""
 
 
 @dataclass
-class _Stage:
+class Stage:
     base: str
     name: str | None
-    instructions: list[_Instruction] = field(default_factory=list)
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        """The arguments of each of the stage's ``keyword`` instructions, in order."""
+        return [i.arguments for i in self.instructions if i.keyword == keyword]
+
+    def steps(self) -> list[tuple[str, str]]:
+        """(keyword, arguments) of each instruction: the stage as written, whatever line it starts on."""
+        return [(i.keyword, i.arguments) for i in self.instructions]
+
+
+@dataclass(frozen=True)
+class Dockerfile:
+    """A Dockerfile's global ARG defaults and its stages, read without a container engine."""
+
+    path: Path
+    global_args: dict[str, str]
+    stages: list[Stage]
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def resolve(self, text: str) -> str:
+        """``text`` with the global ARGs expanded (a FROM line's view)."""
+        return _expand(text, self.global_args)
+
+    def chain(self) -> list[Stage]:
+        """The last stage and the stages it is built on, the first one first."""
+        by_name = {s.name.lower(): s for s in self.stages if s.name}
+        chain = [self.final]
+        while (parent := by_name.get(self.resolve(chain[0].base).lower())) is not None and parent not in chain:
+            chain.insert(0, parent)
+        return chain
 
 
 @dataclass(frozen=True)
@@ -158,7 +196,7 @@ class _Image:
     workdir: str
     copies: list[_Copy] = field(default_factory=list)
     installs: list[PipInstall] = field(default_factory=list)
-    stages: dict[str, _Stage] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
 
     def where(self, line: int) -> str:
         return f"{self.dockerfile}:{line}"
@@ -166,9 +204,8 @@ class _Image:
 
 def dockerfile_command(dockerfile: Path) -> list[str] | None:
     """The last stage's CMD (inherited from the stage it is built on): the exec form's list, the shell form's words."""
-    global_args, stages = _parse(dockerfile)
     command: list[str] | None = None
-    for stage in _chain(stages, global_args):
+    for stage in parse_dockerfile(dockerfile).chain():
         for instruction in stage.instructions:
             if instruction.keyword == "CMD":
                 command = _command_words(instruction.arguments)
@@ -211,14 +248,14 @@ def _base_packages() -> tuple[str, ...]:
     return tuple(packages)
 
 
-def _parse(dockerfile: Path) -> tuple[dict[str, str], list[_Stage]]:
+def parse_dockerfile(dockerfile: Path) -> Dockerfile:
     """The global ARG defaults and the stages; continuation lines joined, comments dropped."""
     global_args: dict[str, str] = {}
-    stages: list[_Stage] = []
+    stages: list[Stage] = []
     for instruction in _instructions(dockerfile.read_text()):
         if instruction.keyword == "FROM":
             words = [w for w in instruction.arguments.split() if not w.startswith("--platform")]
-            stages.append(_Stage(base=words[0], name=words[2] if len(words) >= 3 and words[1].upper() == "AS" else None))
+            stages.append(Stage(base=words[0], name=words[2] if len(words) >= 3 and words[1].upper() == "AS" else None))
         elif not stages:
             if instruction.keyword == "ARG":
                 name, _, default = instruction.arguments.partition("=")
@@ -227,10 +264,10 @@ def _parse(dockerfile: Path) -> tuple[dict[str, str], list[_Stage]]:
             stages[-1].instructions.append(instruction)
     if not stages:
         raise ImageEnvironmentError(f"{dockerfile}: no FROM instruction")
-    return global_args, stages
+    return Dockerfile(dockerfile, global_args, stages)
 
 
-def _instructions(text: str) -> Iterator[_Instruction]:
+def _instructions(text: str) -> Iterator[Instruction]:
     pending, start = "", 0
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -239,33 +276,25 @@ def _instructions(text: str) -> Iterator[_Instruction]:
         if not pending:
             start = number
         if line.endswith("\\"):
-            pending += line[:-1] + " "
+            pending += line[:-1].rstrip() + " "
             continue
         keyword, _, arguments = (pending + line).strip().partition(" ")
         pending = ""
-        yield _Instruction(start, keyword.upper(), arguments.strip())
+        yield Instruction(start, keyword.upper(), arguments.strip())
     if pending.strip():
         keyword, _, arguments = pending.strip().partition(" ")
-        yield _Instruction(start, keyword.upper(), arguments.strip())
-
-
-def _chain(stages: Sequence[_Stage], global_args: Mapping[str, str]) -> list[_Stage]:
-    """The last stage and the stages it is built on, the first one first."""
-    by_name = {s.name.lower(): s for s in stages if s.name}
-    chain = [stages[-1]]
-    while (parent := by_name.get(_expand(chain[0].base, global_args).lower())) is not None and parent not in chain:
-        chain.insert(0, parent)
-    return chain
+        yield Instruction(start, keyword.upper(), arguments.strip())
 
 
 def _walk(dockerfile: Path, context: Path) -> _Image:
-    global_args, stages = _parse(dockerfile)
-    chain = _chain(stages, global_args)
-    base = _expand(chain[0].base, global_args)
+    parsed = parse_dockerfile(dockerfile)
+    global_args = parsed.global_args
+    chain = parsed.chain()
+    base = parsed.resolve(chain[0].base)
     lambda_base = bool(_LAMBDA_BASE.search(base))
     values = {"LAMBDA_TASK_ROOT": LAMBDA_TASK_ROOT, "LAMBDA_RUNTIME_DIR": "/var/runtime"} if lambda_base else {}
     image = _Image(dockerfile, context, base, values, LAMBDA_TASK_ROOT if lambda_base else "/")
-    image.stages = {s.name.lower(): s for s in stages if s.name}
+    image.stages = {s.name.lower(): s for s in parsed.stages if s.name}
     ignore = DockerIgnore.read(context)
     for stage in chain:
         for instruction in stage.instructions:
@@ -273,7 +302,7 @@ def _walk(dockerfile: Path, context: Path) -> _Image:
     return image
 
 
-def _apply(image: _Image, instruction: _Instruction, global_args: Mapping[str, str], ignore: DockerIgnore) -> None:
+def _apply(image: _Image, instruction: Instruction, global_args: Mapping[str, str], ignore: DockerIgnore) -> None:
     keyword, arguments = instruction.keyword, instruction.arguments
     if keyword == "ARG":
         name, equals, default = arguments.partition("=")
@@ -291,7 +320,7 @@ def _apply(image: _Image, instruction: _Instruction, global_args: Mapping[str, s
         image.installs += _pip_installs(image, instruction, ignore)
 
 
-def _copies(image: _Image, instruction: _Instruction, ignore: DockerIgnore) -> list[_Copy]:
+def _copies(image: _Image, instruction: Instruction, ignore: DockerIgnore) -> list[_Copy]:
     words = json.loads(instruction.arguments) if instruction.arguments.startswith("[") else instruction.arguments.split()
     flags = [w for w in words if w.startswith("--")]
     paths = [_expand(w, image.values) for w in words if not w.startswith("--")]
@@ -322,7 +351,7 @@ def _copies(image: _Image, instruction: _Instruction, ignore: DockerIgnore) -> l
     return copies
 
 
-def _pip_installs(image: _Image, instruction: _Instruction, ignore: DockerIgnore) -> list[PipInstall]:
+def _pip_installs(image: _Image, instruction: Instruction, ignore: DockerIgnore) -> list[PipInstall]:
     arguments = instruction.arguments
     commands: list[list[str]] = []
     if arguments.startswith("["):
@@ -357,7 +386,7 @@ def _after_pip_install(words: list[str]) -> list[str] | None:
     return None
 
 
-def _pip_install(image: _Image, instruction: _Instruction, words: list[str], ignore: DockerIgnore) -> PipInstall:
+def _pip_install(image: _Image, instruction: Instruction, words: list[str], ignore: DockerIgnore) -> PipInstall:
     arguments: list[Argument] = []
     index = 0
     while index < len(words):
@@ -383,7 +412,7 @@ def _pip_install(image: _Image, instruction: _Instruction, words: list[str], ign
     return PipInstall(tuple(arguments))
 
 
-def _requirement(image: _Image, instruction: _Instruction, spec: str, ignore: DockerIgnore) -> Argument:
+def _requirement(image: _Image, instruction: Instruction, spec: str, ignore: DockerIgnore) -> Argument:
     """A local path (what the image copied there) or a requirement spec as written."""
     if "://" in spec or not (spec.startswith((".", "/", "~")) or "/" in spec.partition("[")[0]):
         return spec
@@ -392,7 +421,7 @@ def _requirement(image: _Image, instruction: _Instruction, spec: str, ignore: Do
     return LocalFiles(local.image_path, local.files, bracket + extras)
 
 
-def _local(image: _Image, instruction: _Instruction, path: str, ignore: DockerIgnore, *, folder: bool) -> LocalFiles:
+def _local(image: _Image, instruction: Instruction, path: str, ignore: DockerIgnore, *, folder: bool) -> LocalFiles:
     """The context files that the stage's COPYs (so far) put at an image path."""
     image_path = _absolute(path, image.workdir)
     files: dict[str, Path] = {}

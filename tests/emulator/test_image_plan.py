@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.image_plan import ImageEnvironmentError, LocalFiles, dockerfile_command, image_plan
+from emulator.image_plan import ImageEnvironmentError, LocalFiles, dockerfile_command, image_plan, parse_dockerfile
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,26 @@ def test_the_command_is_the_last_stages_cmd(tmp_path: Path, text: str, expected:
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text(text)
     assert dockerfile_command(dockerfile) == expected
+
+
+def test_a_dockerfile_reads_as_stages_of_instructions(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        'ARG BASE="python:3.12-slim"\n'
+        "FROM ${BASE} AS build\n"
+        "# a comment\n"
+        "RUN pip install \\\n"
+        "      a  c   \\\n"
+        "    b\n"
+        "FROM --platform=linux/amd64 build\n"
+        'CMD ["serve"]\n'
+    )
+    parsed = parse_dockerfile(dockerfile)
+    assert parsed.global_args == {"BASE": "python:3.12-slim"}
+    assert [(s.base, s.name) for s in parsed.stages] == [("${BASE}", "build"), ("build", None)]
+    assert parsed.resolve(parsed.stage("build").base) == "python:3.12-slim"
+    # Continuation lines join with one space, and spaces inside a line stay; the instruction keeps the line it starts on.
+    (run,) = parsed.stage("build").instructions
+    assert (run.line, run.keyword, run.arguments) == (4, "RUN", "pip install a  c b")
+    assert parsed.final.steps() == [("CMD", '["serve"]')]
+    assert parsed.chain() == parsed.stages

@@ -2,64 +2,28 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from emulator.image_plan import Dockerfile, DockerIgnore, Stage, parse_dockerfile
 from tests.conftest import REPO_ROOT
 from tests.infra.conftest import DOCKERFILES, load_template, report, run_tool
 from tests.infra.test_template import handler_defined
 
-
-@dataclass
-class Stage:
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def args(self, keyword: str) -> list[str]:
-        return [arguments for instruction, arguments in self.instructions if instruction == keyword]
-
-
-@dataclass
-class Dockerfile:
-    global_args: dict[str, str]
-    stages: list[Stage]
-
-    @property
-    def final(self) -> Stage:
-        return self.stages[-1]
-
-    def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
-
-    def resolve(self, text: str) -> str:
-        return re.sub(r"\$\{(\w+)\}", lambda m: self.global_args.get(m.group(1), m.group(0)), text)
+DOCKERIGNORE = DockerIgnore.read(REPO_ROOT)
 
 
 def parse(path: Path) -> Dockerfile:
-    logical = re.sub(r"\\\n", " ", path.read_text())
-    global_args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for line in logical.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, arguments = line.partition(" ")
-        instruction = instruction.upper()
-        if instruction == "FROM":
-            words = arguments.split()
-            stages.append(Stage(base=words[0], name=words[2] if len(words) == 3 else None))
-        elif instruction == "ARG" and not stages:
-            name, _, default = arguments.partition("=")
-            global_args[name] = default
-        else:
-            stages[-1].instructions.append((instruction, " ".join(arguments.split())))
-    return Dockerfile(global_args, stages)
+    """The emulator's reading of a Dockerfile (``emulator.image_plan``), the one its image environments use."""
+    return parse_dockerfile(path)
+
+
+def sent_to_docker(relative: str) -> bool:
+    """Docker's rule for the repository's .dockerignore: the last matching pattern decides."""
+    return DOCKERIGNORE.sent(relative)
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -75,10 +39,11 @@ def test_base_images_are_pinned(name: str) -> None:
     dockerfile = parse(DOCKERFILES[name])
     stage_names = {s.name for s in dockerfile.stages}
     for stage in dockerfile.stages:
-        image = dockerfile.resolve(stage.base)
-        if image in stage_names:
+        if stage.base in stage_names:
             continue
-        assert "$" not in image, f"{stage.base} has no default"
+        undefined = [name for name in re.findall(r"\$\{(\w+)\}", stage.base) if not dockerfile.global_args.get(name)]
+        assert not undefined, f"{stage.base} has no default"
+        image = dockerfile.resolve(stage.base)
         repository, _, tag = image.rpartition(":")
         assert repository and tag and tag != "latest" and "/" not in tag, f"{image} is not pinned to a tag"
 
@@ -110,7 +75,7 @@ def context_sources(stage: Stage) -> list[str]:
 
 def test_models_stages_are_identical() -> None:
     """One models stage for all three images: the same instructions, so the same models."""
-    stages = {name: parse(path).stage("models").instructions for name, path in DOCKERFILES.items()}
+    stages = {name: parse(path).stage("models").steps() for name, path in DOCKERFILES.items()}
     assert len({json.dumps(instructions) for instructions in stages.values()}) == 1, stages
 
 
@@ -186,29 +151,9 @@ def test_gpu_image_serves_with_cuda_on_a_matching_cuda_runtime() -> None:
     # onnxruntime-gpu up to 1.26 is built for CUDA 12 / cuDNN 9; 1.27 on for CUDA 13.
     cuda_image = dockerfile.resolve(dockerfile.final.base)
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.04", cuda_image), cuda_image
-    ort_version = next(cmd for cmd in dockerfile.stage("app").instructions if cmd[1].startswith("ONNXRUNTIME_GPU_VERSION="))[1]
+    ort_version = next(arg for arg in dockerfile.stage("app").args("ARG") if arg.startswith("ONNXRUNTIME_GPU_VERSION="))
     major, minor = (int(part) for part in ort_version.split("=")[1].split(".")[:2])
     assert (major, minor) <= (1, 26), f"{ort_version} needs CUDA 13, the base image has CUDA 12"
-
-
-def dockerignore_rules() -> list[tuple[bool, str]]:
-    rules = []
-    for line in (REPO_ROOT / ".dockerignore").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            rules.append((line.startswith("!"), line.removeprefix("!").rstrip("/")))
-    return rules
-
-
-def sent_to_docker(relative: str) -> bool:
-    """Docker's rule: the last matching pattern decides; a directory's rule covers what is under it."""
-    sent = True
-    parts = relative.split("/")
-    for include, pattern in dockerignore_rules():
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, pattern.replace("**/", "")) for p in prefixes) or pattern == "**":
-            sent = include
-    return sent
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))

@@ -60,9 +60,9 @@ HINTS = {"onnxruntime-gpu": onnxruntime_gpu_hint}
 def lay_out_models(workspace: Path) -> StageTree:
     """The models stage, laid out and run (``mlinfer build-models``: one to three minutes)."""
     stages = {name: parse(path).stage("models") for name, path in DOCKERFILES.items()}
-    reference = stages[MODELS_STAGE_FROM].instructions
+    reference = stages[MODELS_STAGE_FROM].steps()
     for name, stage in stages.items():
-        assert stage.instructions == reference, f"the models stage of {DOCKERFILES[name].name} differs from {MODELS_STAGE_FROM}'s"
+        assert stage.steps() == reference, f"the models stage of {DOCKERFILES[name].name} differs from {MODELS_STAGE_FROM}'s"
     dockerfile = parse(DOCKERFILES[MODELS_STAGE_FROM])
     return TreeBuilder(dockerfile, workspace, hints=HINTS).build(dockerfile.stage("models"))
 

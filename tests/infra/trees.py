@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from emulator.image_plan import Dockerfile, Stage
 from tests.conftest import REPO_ROOT
-from tests.infra.test_dockerfiles import Dockerfile, Stage, sent_to_docker
+from tests.infra.test_dockerfiles import sent_to_docker
 
 INSTALL_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 600
@@ -191,7 +192,8 @@ class TreeBuilder:
         tree.host(tree.workdir).mkdir(parents=True, exist_ok=True)
         if repository(base) == LAMBDA_BASE:
             tree.cmd = list(LAMBDA_ENTRYPOINT)
-        for instruction, arguments in stage.instructions:
+        for step in stage.instructions:
+            instruction, arguments = step.keyword, step.arguments
             started = time.monotonic()
             getattr(self, f"_{instruction.lower()}", self._unknown)(tree, instruction, arguments, run)
             elapsed = time.monotonic() - started
