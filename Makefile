@@ -122,7 +122,8 @@ bench: setup
 	$(BIN)/python bench/bench_wrk.py --markdown --plot bench/throughput_vs_concurrency.png
 
 # Five minutes open loop at half the measured capacity, minute by minute (bench/soak.py, bench/RESULTS.md).
-# Exits 1 when a request failed or the server's RSS grew more than 10% after the first minute.
+# Exits 1 when a request was not answered (503 overloaded is retried after Retry-After), more than 1% of
+# requests were shed, or the server's RSS grew more than 10% after the first minute.
 .PHONY: soak
 soak: setup
 	$(BIN)/python bench/soak.py --markdown
