@@ -164,7 +164,7 @@ class Dockerfile:
 
     def resolve(self, text: str) -> str:
         """``text`` with the global ARGs expanded (a FROM line's view)."""
-        return _expand(text, self.global_args)
+        return expand(text, self.global_args)
 
     def chain(self) -> list[Stage]:
         """The last stage and the stages it is built on, the first one first."""
@@ -306,12 +306,12 @@ def _apply(image: _Image, instruction: Instruction, global_args: Mapping[str, st
     keyword, arguments = instruction.keyword, instruction.arguments
     if keyword == "ARG":
         name, equals, default = arguments.partition("=")
-        value = _expand(_unquote(default.strip()), image.values) if equals else global_args.get(name.strip(), "")
+        value = expand(_unquote(default.strip()), image.values) if equals else global_args.get(name.strip(), "")
         image.values.setdefault(name.strip(), value)
     elif keyword == "ENV":
         image.values.update(_env_pairs(arguments, image.values))
     elif keyword == "WORKDIR":
-        image.workdir = _absolute(_expand(arguments, image.values), image.workdir)
+        image.workdir = _absolute(expand(arguments, image.values), image.workdir)
     elif keyword in ("COPY", "ADD"):
         image.copies += _copies(image, instruction, ignore)
     elif keyword == "RUN":
@@ -323,7 +323,7 @@ def _apply(image: _Image, instruction: Instruction, global_args: Mapping[str, st
 def _copies(image: _Image, instruction: Instruction, ignore: DockerIgnore) -> list[_Copy]:
     words = json.loads(instruction.arguments) if instruction.arguments.startswith("[") else instruction.arguments.split()
     flags = [w for w in words if w.startswith("--")]
-    paths = [_expand(w, image.values) for w in words if not w.startswith("--")]
+    paths = [expand(w, image.values) for w in words if not w.startswith("--")]
     if len(paths) < 2:
         raise ImageEnvironmentError(f"{image.where(instruction.line)}: {instruction.keyword} needs a source and a destination")
     *sources, destination = paths
@@ -373,7 +373,7 @@ def _pip_installs(image: _Image, instruction: Instruction, ignore: DockerIgnore)
             words = words[1:]
         rest = _after_pip_install(words)
         if rest is not None:
-            installs.append(_pip_install(image, instruction, [_expand(w, image.values) for w in rest], ignore))
+            installs.append(_pip_install(image, instruction, [expand(w, image.values) for w in rest], ignore))
     return installs
 
 
@@ -516,7 +516,7 @@ class DockerIgnore:
         return self.sent(relative) or any(include and (p.startswith(relative + "/") or p.startswith("*")) for include, p in self.rules)
 
 
-def _expand(text: str, values: Mapping[str, str]) -> str:
+def expand(text: str, values: Mapping[str, str]) -> str:
     """Docker's ``$NAME``, ``${NAME}``, ``${NAME:-default}`` and ``${NAME:+alternative}``."""
 
     def one(match: re.Match[str]) -> str:
@@ -534,11 +534,11 @@ def _expand(text: str, values: Mapping[str, str]) -> str:
 def _env_pairs(arguments: str, values: Mapping[str, str]) -> dict[str, str]:
     words = shlex.split(arguments)
     if words and "=" not in words[0]:  # the legacy ``ENV NAME value`` form
-        return {words[0]: _expand(" ".join(words[1:]), values)}
+        return {words[0]: expand(" ".join(words[1:]), values)}
     pairs: dict[str, str] = {}
     for word in words:
         name, _, value = word.partition("=")
-        pairs[name] = _expand(value, {**values, **pairs})
+        pairs[name] = expand(value, {**values, **pairs})
     return pairs
 
 

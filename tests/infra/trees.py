@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.image_plan import Dockerfile, Stage
+from emulator.image_plan import Dockerfile, Stage, expand
 from tests.conftest import REPO_ROOT
 from tests.infra.test_dockerfiles import sent_to_docker
 
@@ -101,10 +100,6 @@ class StageTree:
             env[name] = self.map_value(value)
         env.update(overrides)
         return env
-
-
-def resolve(text: str, values: Mapping[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: values.get(m.group(1) or m.group(2), ""), text)
 
 
 def base_python(tree: StageTree) -> Path:
@@ -220,14 +215,14 @@ class TreeBuilder:
     def _env(self, tree: StageTree, instruction: str, arguments: str, run: bool) -> None:
         for pair in shlex.split(arguments):
             name, _, value = pair.partition("=")
-            tree.env[name] = resolve(value, tree.values())
+            tree.env[name] = expand(value, tree.values())
 
     def _workdir(self, tree: StageTree, instruction: str, arguments: str, run: bool) -> None:
-        tree.workdir = tree.absolute(resolve(arguments, tree.values()))
+        tree.workdir = tree.absolute(expand(arguments, tree.values()))
         tree.host(tree.workdir).mkdir(parents=True, exist_ok=True)
 
     def _copy(self, tree: StageTree, instruction: str, arguments: str, run: bool) -> None:
-        words = shlex.split(resolve(arguments, tree.values()))
+        words = shlex.split(expand(arguments, tree.values()))
         options = [w for w in words if w.startswith("--")]
         sources, destination = [w for w in words if not w.startswith("--")][:-1], words[-1]
         origin = next((o.removeprefix("--from=") for o in options if o.startswith("--from=")), None)
@@ -260,7 +255,7 @@ class TreeBuilder:
     def _run(self, tree: StageTree, instruction: str, arguments: str, run: bool) -> None:
         if not run:
             return
-        for command in resolve(arguments, tree.values()).split("&&"):
+        for command in expand(arguments, tree.values()).split("&&"):
             self._run_one(tree, shlex.split(command))
 
     # ---- RUN commands ----
