@@ -6,7 +6,8 @@ of the invoked version (so warm environments stay warm), and throttles beyond th
 version ("$LATEST", or the published version an alias names) has environments of its own, with
 its own ``AWS_LAMBDA_FUNCTION_VERSION`` and log stream. A timed-out, crashed or out-of-memory
 worker is killed and forgotten: the next invocation starts a new one. ``recycle`` starts a new
-generation: idle workers stop now, busy ones once their invocation is answered.
+generation: idle workers stop now, busy ones once their invocation is answered. ``close`` stops
+every worker, busy ones too, and returns once each has exited.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class Executor(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop every environment."""
+        """Stop every environment, the busy ones too (their invocations end as function errors), and wait until they have exited."""
         ...
 
 
@@ -132,13 +133,19 @@ class WorkerPool:
         self._idle: dict[str, list[Worker]] = {}
         """Idle workers by version, the most recently used last."""
         self._busy: dict[str, int] = {}
+        self._started: set[Worker] = set()
+        """Every environment not yet known to have exited: idle, busy, or killed without waiting (a cancelled invocation's)."""
         self._generation = 0
+        self._closing = False
+        self._no_invocations = asyncio.Event()
+        self._no_invocations.set()
 
     async def invoke(self, payload: bytes, request_id: str | None = None, options: InvokeOptions = DEFAULT_OPTIONS) -> Invocation:
         if sum(self._busy.values()) >= self.max_concurrency:
             raise Throttled(f"Rate Exceeded: {self.spec.name} is at its concurrency limit of {self.max_concurrency}")
         version = options.version
         self._busy[version] = self._busy.get(version, 0) + 1
+        self._no_invocations.clear()
         request_id = request_id or str(uuid.uuid4())
         try:
             idle = self._idle.get(version)
@@ -154,6 +161,8 @@ class WorkerPool:
             return invocation
         finally:
             self._busy[version] -= 1
+            if not any(self._busy.values()):
+                self._no_invocations.set()
 
     async def warm(self) -> None:
         """One idle environment for each version the function has ("$LATEST", and its alias's version), unless it has one already."""
@@ -165,8 +174,12 @@ class WorkerPool:
         await self._stop_idle()
 
     async def close(self) -> None:
-        self._generation += 1  # a busy worker stops once its invocation is answered
-        await self._stop_idle()
+        self._closing = True  # an environment spawned from now on (by an invocation under way) is killed at once
+        self._generation += 1
+        self._idle = {}
+        stopping, self._started = self._started, set()
+        await asyncio.gather(*(worker.kill() for worker in stopping))
+        await self._no_invocations.wait()  # each ends, as a function error, once its environment has exited
 
     async def _warm(self, version: str) -> None:
         if self._idle.get(version) or self._busy.get(version):
@@ -185,6 +198,13 @@ class WorkerPool:
         else:
             await worker.kill()
 
+    def _spawned(self, worker: Worker) -> None:
+        if self._closing:
+            worker.kill_now()
+            return
+        self._started = {started for started in self._started if started.alive}
+        self._started.add(worker)
+
     async def _stop_idle(self) -> None:
         idle = [worker for workers in self._idle.values() for worker in workers]
         self._idle = {}
@@ -195,7 +215,7 @@ class WorkerPool:
         started = time.perf_counter()
         try:
             worker, ready = await Worker.start(
-                self.spec, self._host_environment, self._options, version=version, generation=self._generation
+                self.spec, self._host_environment, self._options, version=version, generation=self._generation, on_spawn=self._spawned
             )
         except WorkerTimeout as exc:
             timeout_s = INIT_TIMEOUT_S + self.spec.timeout_s
@@ -222,8 +242,8 @@ class WorkerPool:
         started = time.perf_counter()
         try:
             reply = await worker.invoke(request, self.spec.timeout_s)
-        except asyncio.CancelledError:
-            worker.abandon()
+        except asyncio.CancelledError:  # its reply will never be read: the emulator stops, or the caller gave up
+            await worker.kill()
             raise
         except WorkerTimeout as exc:
             log = _then(exc.log, logs.timeout_message(request_id, self.spec.timeout_s) + "\n")

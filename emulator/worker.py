@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,7 +177,6 @@ class Worker:
         self.init_ms = 0.0
         self.init_log = ""
         self.invocations = 0
-        self._abandoned = False
 
     @property
     def pid(self) -> int:
@@ -190,7 +189,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._process.returncode is None and not self._abandoned
+        return self._process.returncode is None
 
     @classmethod
     async def start(
@@ -201,8 +200,12 @@ class Worker:
         *,
         version: str = "$LATEST",
         generation: int = 0,
+        on_spawn: Callable[[Worker], None] | None = None,
     ) -> tuple[Worker | None, Reply]:
         """A started environment and its "ready" reply, or None and the "init_error" reply.
+
+        ``on_spawn`` gets the worker as soon as its process runs, before its init: whoever stops
+        every environment (the pool's ``close``) then reaches one still initialising.
 
         The reply's ``duration_ms`` is the Init Duration: from process start (the sandbox's set-up
         and the runtime's own start-up) to the handler module imported. Raises ``WorkerLost``
@@ -237,10 +240,12 @@ class Worker:
             raise WorkerDied(f"{options.python}: {exc.strerror or exc}", "", 0) from exc
         limit = spec.memory_mb if options.memory_limit else None
         worker = cls(process, capture, box, memory_limit_mb=limit, version=version, generation=generation)
+        if on_spawn is not None:
+            on_spawn(worker)
         try:
             reply = await worker._exchange(INIT_TIMEOUT_S + spec.timeout_s)
-        except asyncio.CancelledError:  # e.g. the emulator stops during a warm-up
-            worker.abandon()
+        except asyncio.CancelledError:  # e.g. the emulator stops during a warm-up or a cold start
+            await worker.kill()
             raise
         reply = dataclasses.replace(reply, duration_ms=(time.perf_counter() - started) * 1000.0)
         if reply.kind != "ready":
@@ -263,16 +268,14 @@ class Worker:
             raise WorkerDied(exit_reason(code), log, 0) from None
         return await self._exchange(timeout_s)
 
-    def abandon(self) -> None:
-        """Kill now, without waiting: the invocation was cancelled and its reply will never be read."""
-        self._abandoned = True
+    def kill_now(self) -> None:
+        """SIGKILL to the environment's process group, without waiting: whoever awaits its init or invocation sees it exit."""
         if self._process.returncode is None:
             _kill_group(self._process.pid)
-        self._close()
 
     async def kill(self) -> None:
-        if self._process.returncode is None:
-            _kill_group(self._process.pid)
+        """SIGKILL to the environment's process group, then wait for its exit (a killed process exits, whatever it was doing)."""
+        self.kill_now()
         await self._process.wait()
         self._close()
 

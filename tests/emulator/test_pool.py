@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -179,6 +180,38 @@ def test_recycle_retires_a_busy_environment_once_its_invocation_is_answered() ->
     assert not answered.function_error  # its invocation finished in the old environment
     assert "Init Duration: " in report(after) and answer(after)["before"] == []  # new code: a new environment
     assert "Init Duration: " not in report(again)
+
+
+def _children() -> list[int]:
+    """The processes this test process started, from /proc (its environments)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if entry.name.isdigit() and int(fields[1]) == os.getpid() and fields[0] not in ("Z", "X"):
+            children.append(int(entry.name))
+    return children
+
+
+def test_close_stops_the_busy_environments_and_their_invocations_end_as_function_errors() -> None:
+    spec = function("temporary_folder", timeout_s=30.0)
+
+    async def body(pool: WorkerPool) -> tuple[list[int], list[int], list[Invocation | BaseException]]:
+        before = _children()
+        event = json.dumps({"name": "busy", "hold_s": 25}).encode()
+        busy = [asyncio.create_task(pool.invoke(event)) for _ in range(2)]
+        while len(set(_children()) - set(before)) < 2:  # both environments started
+            await asyncio.sleep(0.05)
+        started = [pid for pid in _children() if pid not in before]
+        await asyncio.wait_for(pool.close(), 10)
+        left = [pid for pid in started if pid in _children()]
+        return started, left, await asyncio.gather(*busy, return_exceptions=True)
+
+    started, left, answered = run_pool(spec, body)
+    assert len(started) == 2 and left == [], f"environments still running after close: {left}"
+    assert all(isinstance(result, Invocation) and result.function_error for result in answered), answered
 
 
 def test_concurrency_is_the_functions_across_versions() -> None:
