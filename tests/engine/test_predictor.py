@@ -61,7 +61,7 @@ def test_registry_instances_and_threads_per_version(models_dir: Path, tmp_path: 
 
 def test_a_request_past_its_deadline_fails_and_its_queued_work_never_runs(models_dir: Path, tmp_path: Path) -> None:
     registry = write_registry(tmp_path, {"sentiment_analysis": sentiment()})
-    with engine_for(registry, instances=1, intra_op_threads=1, request_timeout_ms=300, batch_size=8, max_batch_tokens=100_000) as engine:
+    with engine_for(registry, instances=1, intra_op_threads=1, request_timeout_ms=1000, batch_size=8, max_batch_tokens=100_000) as engine:
 
         async def both() -> list[object]:
             big = engine.predict(PredictRequest(texts=[f"{LONG} {i}" for i in range(256)], model_version="v1"))

@@ -174,21 +174,32 @@ def read_until_closed(sock: socket.socket, wait_s: float) -> Reply:
     return reply
 
 
+def read_replies(sock: socket.socket, count: int, wait_s: float = 15.0) -> list[Reply]:
+    """``count`` replies with a Content-Length each, in order, leaving the connection as it is.
+
+    Pipelined replies may arrive in one read: the bytes after one reply are the start of the next."""
+    started = time.monotonic()
+    sock.settimeout(wait_s)
+    raw = b""
+    replies: list[Reply] = []
+    while len(replies) < count:
+        while b"\r\n\r\n" not in raw:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return [*replies, _parse(raw, "eof", time.monotonic() - started)]
+            raw += chunk
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(_parse(head + b"\r\n\r\n", "open", 0.0).headers.get("content-length", "0"))
+        while len(rest) < length and (chunk := sock.recv(65536)):
+            rest += chunk
+        replies.append(_parse(head + b"\r\n\r\n" + rest[:length], "open", time.monotonic() - started))
+        raw = rest[length:]
+    return replies
+
+
 def read_one_reply(sock: socket.socket, wait_s: float = 15.0) -> Reply:
     """One reply with a Content-Length, leaving the connection as it is."""
-    started = time.monotonic()
-    raw = b""
-    sock.settimeout(wait_s)
-    while b"\r\n\r\n" not in raw:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return _parse(raw, "eof", time.monotonic() - started)
-        raw += chunk
-    reply = _parse(raw, "open", 0.0)
-    length = int(reply.headers.get("content-length", "0"))
-    while len(raw.partition(b"\r\n\r\n")[2]) < length:
-        raw += sock.recv(65536)
-    return _parse(raw, "open", time.monotonic() - started)
+    return read_replies(sock, 1, wait_s)[0]
 
 
 def get(path: str) -> bytes:
@@ -324,7 +335,7 @@ def test_requests_within_the_limits_are_served_with_their_bodies_in_the_same_pac
 def test_pipelined_requests_are_answered_in_order_and_a_pipelined_endless_header_still_gets_431(one_process: Server) -> None:
     with connect(one_process.port) as sock:
         sock.sendall(get("/health/live") + get("/health/ready"))
-        first, second = read_one_reply(sock), read_one_reply(sock)
+        first, second = read_replies(sock, 2)
         assert (first.status, second.status) == (200, 200)
         assert b"alive" in first.body and b"ready" in second.body
     with connect(one_process.port) as sock:
