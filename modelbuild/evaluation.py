@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 
 def classification_report(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict[str, object]:
-    """Accuracy, per-class recall and the confusion matrix (truth -> predicted -> count)."""
+    """Accuracy, per-class recall and precision, and the confusion matrix (truth -> predicted -> count)."""
     confusion = {t: {p: 0 for p in labels} for t in labels}
     for t, p in zip(truth, predicted, strict=True):
         confusion[t][p] += 1
@@ -15,6 +15,7 @@ def classification_report(truth: Sequence[str], predicted: Sequence[str], labels
         "accuracy": round(correct / len(truth), 4),
         "examples": len(truth),
         "per_class_recall": {t: round(confusion[t][t] / max(1, sum(confusion[t].values())), 4) for t in labels},
+        "per_class_precision": {p: round(confusion[p][p] / max(1, sum(confusion[t][p] for t in labels)), 4) for p in labels},
         "confusion": confusion,
     }
 

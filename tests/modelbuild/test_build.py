@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from engine.sources import sha256_file
-from modelbuild import dataset
+from modelbuild import dataset, everyday
 from modelbuild.build import (
     BUILD_COMMAND,
     MANIFEST,
@@ -166,6 +166,15 @@ def test_card_names_source_split_accuracy_and_build_command(models_dir: Path, ca
         assert round(sum(confusion[label][label] for label in confusion) / total, 4) == evaluation["accuracy"]
         for text in (card["data_source"], card["split"], BUILD_COMMAND, f"{evaluation['accuracy']:.4f} on {evaluation['examples']} texts"):
             assert text in markdown, text
+        # Precision is the confusion matrix's diagonal over its column.
+        for label in confusion:
+            column = sum(confusion[truth][label] for truth in confusion)
+            assert evaluation["per_class_precision"][label] == round(confusion[label][label] / max(1, column), 4)
+        on_everyday = card["everyday"]
+        assert "everyday.csv" in on_everyday["source"] and on_everyday["examples"] == len(everyday.load())
+        assert f"accuracy {on_everyday['accuracy']:.4f} on {on_everyday['examples']} texts" in markdown
+        assert set(on_everyday["per_rule"]) == set(everyday.RULES)
+        assert json.dumps(card["seed_examples"]) in markdown
         assert markdown.startswith(f"# {MODEL_NAME} {spec.version} ({spec.precision})")
 
 

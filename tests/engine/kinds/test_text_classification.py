@@ -13,7 +13,9 @@ from engine.kinds import KINDS, Limits, ModelFiles
 from engine.kinds.text_classification import TextClassifier
 from engine.results import Output
 from engine.session import SessionConfig
-from modelbuild import dataset
+from modelbuild import dataset, everyday
+from modelbuild.build import SEED_EXAMPLES
+from modelbuild.evaluation import classification_report
 from tests.conftest import V1_DIR, V2_DIR, require_models
 
 CLEAR_CASES = {
@@ -80,6 +82,24 @@ def test_model_card_accuracy_reproduces_on_held_out_movies(version_dir: Path) ->
     assert evaluation["examples"] == len(texts)
     assert accuracy == pytest.approx(evaluation["accuracy"], abs=0.0006)
     assert accuracy > 0.72
+
+
+@pytest.mark.parametrize("version_dir", [V1_DIR, V2_DIR], ids=["v1", "v2"])
+def test_model_card_everyday_figures_and_seed_answers_reproduce(version_dir: Path) -> None:
+    require_models()
+    card = _card(version_dir)
+    classifier = TextClassifier(ModelFiles(version_dir / "model.onnx"), SessionConfig())
+    sentences = everyday.load()
+    predicted = [classifier.labels[i] for i in classifier.run([s.text for s in sentences]).argmax(axis=1)]
+    expected = {
+        **classification_report([s.label for s in sentences], predicted, classifier.labels),
+        "per_rule": everyday.per_rule_accuracy(sentences, predicted),
+    }
+    recorded = card["everyday"]
+    assert isinstance(recorded, dict)
+    assert {k: v for k, v in recorded.items() if k != "source"} == expected
+    seed = [classifier.labels[i] for i in classifier.run(list(SEED_EXAMPLES)).argmax(axis=1)]
+    assert card["seed_examples"] == dict(zip(SEED_EXAMPLES, seed, strict=True))
 
 
 def test_scores_are_batch_invariant(classifier: TextClassifier) -> None:
