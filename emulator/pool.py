@@ -134,7 +134,7 @@ class WorkerPool:
         """Idle workers by version, the most recently used last."""
         self._busy: dict[str, int] = {}
         self._started: set[Worker] = set()
-        """Every environment not yet known to have exited: idle, busy, or killed without waiting (a cancelled invocation's)."""
+        """Every environment not yet known to have exited: idle, busy or initialising (``close`` stops them all)."""
         self._generation = 0
         self._closing = False
         self._no_invocations = asyncio.Event()

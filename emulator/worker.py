@@ -238,6 +238,10 @@ class Worker:
             box.close()
             capture.close()
             raise WorkerDied(f"{options.python}: {exc.strerror or exc}", "", 0) from exc
+        except asyncio.CancelledError:  # asyncio has killed and reaped the process it was starting
+            box.close()
+            capture.close()
+            raise
         limit = spec.memory_mb if options.memory_limit else None
         worker = cls(process, capture, box, memory_limit_mb=limit, version=version, generation=generation)
         if on_spawn is not None:
