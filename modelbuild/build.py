@@ -93,7 +93,7 @@ class Sources:
 
     def hashed_files(self) -> list[Path]:
         names = ("model.safetensors", "config.json", "tokenizer.json", "sentence_bert_config.json")
-        return [self.encoder_dir / n for n in names] + [self.corpus]
+        return [self.encoder_dir / n for n in names] + [self.corpus, everyday.PATH]
 
 
 def locate_sources() -> Sources:
@@ -108,7 +108,7 @@ def build_key(sources: Sources) -> str:
     code = sorted(Path(__file__).parent.glob("*.py")) + [Path(inspect.getfile(TextTokenizer))]
     for path in code:
         digest.update(path.name.encode() + path.read_bytes())
-    for path in [*sources.hashed_files(), everyday.PATH]:
+    for path in sources.hashed_files():
         digest.update(sha256_file(path).encode())
     for name in _TRACKED_PACKAGES:
         digest.update(f"{name}=={package_version(name)}".encode())
@@ -189,14 +189,19 @@ def _predict(
 
 
 def _evaluate(
-    model_path: Path, tokenizer: TextTokenizer, split: dataset.Split, labels: Sequence[str], desc: str, progress: bool
+    model_path: Path,
+    tokenizer: TextTokenizer,
+    split: dataset.Split,
+    sentences: Sequence[everyday.Sentence],
+    labels: Sequence[str],
+    desc: str,
+    progress: bool,
 ) -> tuple[dict[str, object], dict[str, object], dict[str, str]]:
     """The file's figures on the held-out movies and on the everyday sentences, and its answers to the seed's examples."""
     session = open_session(model_path, SessionConfig(providers=("CPUExecutionProvider",)))
     held_out = classification_report(
         [e.label for e in split.test], _predict(session, tokenizer, [e.text for e in split.test], labels, desc, progress), labels
     )
-    sentences = everyday.load()
     predicted = _predict(session, tokenizer, [s.text for s in sentences], labels, f"{desc} ({everyday.NAME})", False)
     on_everyday = {
         **classification_report([s.label for s in sentences], predicted, labels),
@@ -420,10 +425,11 @@ def _build_locked(models_dir: Path, *, force: bool, progress: bool) -> bool:
         f"{CALIBRATION_TEXTS} train texts; FFN down-projections, attention products and the head stay fp32",
     }
     manifest: dict[str, object] = {"build_key": key, "versions": {}}
+    sentences = everyday.load()
     for spec in VERSIONS:
         folder = staging / spec.folder
         evaluation, on_everyday, seed = _evaluate(
-            folder / "model.onnx", tokenizer, split, head.labels, f"evaluating {spec.version}", progress
+            folder / "model.onnx", tokenizer, split, sentences, head.labels, f"evaluating {spec.version}", progress
         )
         sha = sha256_file(folder / "model.onnx")
         weights_sha = sha256_file(weights_file(folder / "model.onnx"))

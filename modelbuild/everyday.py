@@ -9,6 +9,7 @@ down, not left to taste. The model build reports every version's figures on it i
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def load(path: Path = PATH) -> list[Sentence]:
     return sentences
 
 
-def per_rule_accuracy(sentences: list[Sentence], predicted: list[str]) -> dict[str, dict[str, float | int]]:
+def per_rule_accuracy(sentences: Sequence[Sentence], predicted: Sequence[str]) -> dict[str, dict[str, float | int]]:
     """For each rule: how many texts it labels, and the share predicted right."""
     figures: dict[str, dict[str, float | int]] = {}
     for rule in RULES:
