@@ -234,13 +234,11 @@ class Worker:
                 start_new_session=True,
                 limit=HEADER_LIMIT,
             )
-        except OSError as exc:
+        except (OSError, asyncio.CancelledError) as exc:  # cancelled: asyncio has killed and reaped the process it was starting
             box.close()
             capture.close()
-            raise WorkerDied(f"{options.python}: {exc.strerror or exc}", "", 0) from exc
-        except asyncio.CancelledError:  # asyncio has killed and reaped the process it was starting
-            box.close()
-            capture.close()
+            if isinstance(exc, OSError):
+                raise WorkerDied(f"{options.python}: {exc.strerror or exc}", "", 0) from exc
             raise
         limit = spec.memory_mb if options.memory_limit else None
         worker = cls(process, capture, box, memory_limit_mb=limit, version=version, generation=generation)
