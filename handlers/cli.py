@@ -46,7 +46,7 @@ def _build_models(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     build = _tool("modelbuild", "build")
     output = args.output if args.output is not None else Settings().model_registry_path.resolve().parent / "models"
-    built = build.build_models(output, force=args.force, progress=not args.quiet)
+    built = build.build_models(output, force=args.force, progress=not args.quiet, data_dir=args.data_dir)
     print(f"models {'built' if built else 'already up to date'} in {output}")
     return 0
 
@@ -127,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--output", type=Path, help="folder to write (default: models/ beside the registry)")
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--data-dir", type=Path, help="folder of the downloaded source archives (default: model-data/ in the Python prefix)")
     build.set_defaults(run=_build_models)
 
     emulate = commands.add_parser("emulate", help="run the template's Lambda functions locally (HTTP front, Invoke API)")

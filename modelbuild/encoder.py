@@ -45,7 +45,7 @@ class BertConfig:
         )
 
 
-class _GraphBuilder:
+class GraphBuilder:
     """Collects nodes and initializers with unique names."""
 
     def __init__(self) -> None:
@@ -79,7 +79,7 @@ class _GraphBuilder:
         return self.op("LayerNormalization", [x, w, b], hint, axis=-1, epsilon=eps)
 
 
-def _gelu(g: _GraphBuilder, x: str) -> str:
+def _gelu(g: GraphBuilder, x: str) -> str:
     # Exact (erf) GELU, as BERT uses; ONNX Runtime fuses this pattern into one Gelu kernel.
     scaled = g.op("Div", [x, g.const("sqrt2", np.array(np.sqrt(2.0), dtype=np.float32))])
     one_plus = g.op("Add", [g.op("Erf", [scaled]), g.const("one", np.array(1.0, dtype=np.float32))])
@@ -87,7 +87,7 @@ def _gelu(g: _GraphBuilder, x: str) -> str:
     return g.op("Mul", [half_x, one_plus], "gelu")
 
 
-def _attention(g: _GraphBuilder, x: str, mask_bias: str, w: dict[str, np.ndarray], prefix: str, cfg: BertConfig) -> str:
+def _attention(g: GraphBuilder, x: str, mask_bias: str, w: dict[str, np.ndarray], prefix: str, cfg: BertConfig) -> str:
     head_dim = cfg.hidden_size // cfg.num_heads
     split_shape = g.const("split_heads_shape", np.array([0, 0, cfg.num_heads, head_dim], dtype=np.int64))
 
@@ -111,7 +111,7 @@ def _attention(g: _GraphBuilder, x: str, mask_bias: str, w: dict[str, np.ndarray
     )
 
 
-def _feed_forward(g: _GraphBuilder, x: str, w: dict[str, np.ndarray], prefix: str, cfg: BertConfig) -> str:
+def _feed_forward(g: GraphBuilder, x: str, w: dict[str, np.ndarray], prefix: str, cfg: BertConfig) -> str:
     hidden = _gelu(g, g.linear(x, w[f"{prefix}.intermediate.dense.weight"], w[f"{prefix}.intermediate.dense.bias"], f"{prefix}.ffn_in"))
     out = g.linear(hidden, w[f"{prefix}.output.dense.weight"], w[f"{prefix}.output.dense.bias"], f"{prefix}.ffn_out")
     residual = g.op("Add", [out, x], "ffn_residual")
@@ -124,7 +124,7 @@ def _feed_forward(g: _GraphBuilder, x: str, w: dict[str, np.ndarray], prefix: st
     )
 
 
-def _embeddings(g: _GraphBuilder, w: dict[str, np.ndarray], cfg: BertConfig) -> str:
+def _embeddings(g: GraphBuilder, w: dict[str, np.ndarray], cfg: BertConfig) -> str:
     words = g.op("Gather", [g.const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"], "word_emb")
     # Every input is a single segment, so the token-type embedding is row 0 for every
     # position: fold it into the position table.
@@ -153,9 +153,9 @@ def _embeddings(g: _GraphBuilder, w: dict[str, np.ndarray], cfg: BertConfig) -> 
     return g.layer_norm(summed, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.layer_norm_eps, "emb_ln")
 
 
-def build_encoder_graph(weights: dict[str, np.ndarray], cfg: BertConfig) -> tuple[_GraphBuilder, str, str]:
+def build_encoder_graph(weights: dict[str, np.ndarray], cfg: BertConfig) -> tuple[GraphBuilder, str, str]:
     """Build the encoder nodes; return the builder, the float mask name and the embedding output name."""
-    g = _GraphBuilder()
+    g = GraphBuilder()
     mask = g.op("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)  # (B, S)
     # Additive attention bias: 0 for real tokens, a large negative for padding, shaped (B, 1, 1, S).
     inverted = g.op("Sub", [g.const("one_f", np.array(1.0, dtype=np.float32)), mask], "mask_inverted")
@@ -186,7 +186,7 @@ def build_encoder_graph(weights: dict[str, np.ndarray], cfg: BertConfig) -> tupl
     return g, mask, embedding
 
 
-def make_model(g: _GraphBuilder, outputs: list[tuple[str, str, list[str | int]]], name: str) -> onnx.ModelProto:
+def make_model(g: GraphBuilder, outputs: list[tuple[str, str, list[str | int]]], name: str) -> onnx.ModelProto:
     """Wrap the builder's nodes in a model; ``outputs`` are (node output, public name, shape)."""
     nodes = list(g.nodes)
     graph_outputs = []

@@ -16,11 +16,14 @@ REGISTRY_PATH = REPO_ROOT / "model_registry.yaml"
 MODELS_DIR = REPO_ROOT / "models"
 V1_DIR = MODELS_DIR / "sentiment_v1"
 V2_DIR = MODELS_DIR / "sentiment_v2"
+V3_DIR = MODELS_DIR / "sentiment_v3"
+V4_DIR = MODELS_DIR / "sentiment_v4"
+SENTIMENT_DIRS = {"v1": V1_DIR, "v2": V2_DIR, "v3": V3_DIR, "v4": V4_DIR}
 
 
 def require_models(*models: Path) -> None:
-    """Fail (never skip) when a built model file is missing; by default the two sentiment versions."""
-    missing = [str(p) for p in (models or (V1_DIR / "model.onnx", V2_DIR / "model.onnx")) if not p.is_file()]
+    """Fail (never skip) when a built model file is missing; by default every sentiment version."""
+    missing = [str(p) for p in (models or [d / "model.onnx" for d in SENTIMENT_DIRS.values()]) if not p.is_file()]
     if missing:
         pytest.fail(f"built models are missing ({', '.join(missing)}): run `make models` (or `make test`, which builds them)")
 

@@ -99,6 +99,21 @@ def test_token_counts_match_encode_lengths(shipped: TextTokenizer) -> None:
     assert shipped.token_counts(texts)[2] == 128
 
 
+def test_token_ids_are_the_unpadded_rows_of_encode(shipped: TextTokenizer) -> None:
+    texts = ["I love this product", "ok", "a much longer text than the others in this batch"]
+    batch = shipped.encode(texts)
+    rows = shipped.token_ids(texts)
+    assert [len(r) for r in rows] == batch.lengths.tolist()
+    assert all(batch.input_ids[i, : len(r)].tolist() == r for i, r in enumerate(rows))
+
+
+def test_special_ids_are_the_padding_and_the_special_tokens(shipped: TextTokenizer) -> None:
+    special = shipped.special_ids()
+    assert {shipped.pad_id, 101, 102} <= special  # [PAD], [CLS], [SEP] of the MiniLM vocabulary
+    words = {i for row in shipped.token_ids(["I love this product"]) for i in row[1:-1]}
+    assert words and not words & special
+
+
 def test_saved_model_tokenizer_has_no_fixed_padding_and_truncates_at_256() -> None:
     for folder in (V1_DIR, V2_DIR):
         raw = Tokenizer.from_file(str(folder / "tokenizer.json"))

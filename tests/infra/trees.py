@@ -175,12 +175,18 @@ class TreeBuilder:
         self.trees: dict[str, StageTree | Future[StageTree]] = dict(trees or {})
         self.hints = dict(hints or {})
 
-    def build(self, stage: Stage, *, run: bool = True) -> StageTree:
-        """The stage's folder; ``run=False`` copies only, without redoing any RUN step."""
+    def build(self, stage: Stage, *, run: bool = True, cached: Mapping[str, Path] | None = None) -> StageTree:
+        """The stage's folder; ``run=False`` copies only, without redoing any RUN step.
+
+        ``cached`` (image path -> local folder) is copied in first, as a layer cache would hold a
+        step's output: a step that checks its output (``mlinfer build-models`` compares the build
+        key of its inputs, code and library versions) then skips work that is up to date."""
         key = stage.name or "final"
         base = self.dockerfile.resolve(stage.base)
         tree = StageTree(name=key, base=base, root=self.workspace / key)
         tree.root.mkdir(parents=True)
+        for image_path, folder in (cached or {}).items():
+            shutil.copytree(folder, tree.host(image_path), ignore=shutil.ignore_patterns(".*"))
         tree.env = {"PATH": DEFAULT_PATH, **BASE_ENV.get(repository(base), {})}
         tree.args = {}
         tree.workdir = BASE_WORKDIR.get(repository(base), "/")
@@ -269,6 +275,8 @@ class TreeBuilder:
             self._pip(tree, target, rest, text)
         elif program == "uv" and words[1] == "venv":
             make_venv(tree.host(words[2]))
+        elif program.endswith("pip") and words[1] == "download":
+            self._pip_download(tree, words[2:], text)
         elif program.endswith("pip") and words[1] == "install":
             python = base_python(tree) if program == "pip" else tree.host(program).with_name("python")
             self._pip(tree, python, words[2:], text)
@@ -316,6 +324,16 @@ class TreeBuilder:
         hint = next((h for package, h in self.hints.items() if package in text), None)
         pip_install(python, args, cwd=tree.root, what=f"{tree.name}: RUN {text}", hint=hint)
         print(f"[{self.workspace.name}/{tree.name}] {time.monotonic() - started:6.1f}s    {text}"[:200])
+
+    def _pip_download(self, tree: StageTree, words: list[str], text: str) -> None:
+        """``pip download`` with the dev venv's pip (and cache), into the folder's ``--dest``."""
+        args = [tree.map_value(w) for w in words if w != "--no-cache-dir"]
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", *args]
+        result = subprocess.run(command, cwd=tree.root, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
+        if result.returncode != 0:
+            pytest.fail(
+                f"{tree.name}: RUN {text}: pip download failed\n$ {shlex.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+            )
 
     def _execute(self, tree: StageTree, command: list[str], text: str) -> None:
         started = time.monotonic()

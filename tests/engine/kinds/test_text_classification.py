@@ -13,10 +13,12 @@ from engine.kinds import KINDS, Limits, ModelFiles
 from engine.kinds.text_classification import TextClassifier
 from engine.results import Output
 from engine.session import SessionConfig
-from modelbuild import dataset, everyday
-from modelbuild.build import SEED_EXAMPLES
+from modelbuild import corpora, dataset, everyday
+from modelbuild.build import SEED_EXAMPLES, two_class_report
 from modelbuild.evaluation import classification_report
-from tests.conftest import V1_DIR, V2_DIR, require_models
+from tests.conftest import SENTIMENT_DIRS, require_models
+
+VERSIONS = list(SENTIMENT_DIRS)
 
 CLEAR_CASES = {
     "positive": [
@@ -29,18 +31,35 @@ CLEAR_CASES = {
         "A dull, lifeless mess that wastes its talented cast.",
         "Boring, predictable and far too long. I hated it.",
     ],
-    "neutral": [
+}
+NEUTRAL_CASES = {
+    # v1 and v2 learned "neutral" from Rotten Tomatoes' plot summaries.
+    "v1": [
         "The film follows a young detective who investigates a series of disappearances in a small coastal town.",
         "After her husband dies, a widow moves to Paris with her two children and opens a bakery.",
     ],
+    # v3 and v4 learned it from tweets, reviews and editorials rated neither positive nor negative.
+    "v3": ["The train to Leeds leaves from platform 4 at 9:15.", "Our office will be closed on Monday for the holiday.", "It's okay"],
 }
 
 
-@pytest.fixture(scope="module", params=["v1", "v2"])
+@pytest.fixture(scope="module", params=VERSIONS)
 def classifier(request: pytest.FixtureRequest) -> TextClassifier:
     require_models()
-    folder = {"v1": V1_DIR, "v2": V2_DIR}[request.param]
-    return TextClassifier(ModelFiles(folder / "model.onnx"), SessionConfig())
+    classifier = TextClassifier(ModelFiles(SENTIMENT_DIRS[request.param] / "model.onnx"), SessionConfig())
+    classifier.version = request.param  # type: ignore[attr-defined]
+    return classifier
+
+
+def _run_sorted(classifier: TextClassifier, texts: list[str]) -> np.ndarray:
+    """Batches of 32 grouped by character length, where the build grouped 64 by token count:
+    batch invariance means the same predictions."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    rows = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
+    for start in range(0, len(order), 32):
+        chunk = order[start : start + 32]
+        rows[chunk] = classifier.run([texts[i] for i in chunk])
+    return rows
 
 
 def _card(classifier_dir: Path) -> dict[str, object]:
@@ -48,11 +67,13 @@ def _card(classifier_dir: Path) -> dict[str, object]:
     return card
 
 
-@pytest.mark.parametrize("label", sorted(CLEAR_CASES))
+@pytest.mark.parametrize("label", ["negative", "neutral", "positive"])
 def test_clear_cut_sentences_get_their_class(classifier: TextClassifier, label: str) -> None:
-    probabilities = classifier.run(CLEAR_CASES[label])
+    family = "v3" if classifier.version in ("v3", "v4") else "v1"  # type: ignore[attr-defined]
+    texts = CLEAR_CASES[label] if label in CLEAR_CASES else NEUTRAL_CASES[family]
+    probabilities = classifier.run(texts)
     predicted = [classifier.labels[i] for i in probabilities.argmax(axis=1)]
-    assert predicted == [label] * len(CLEAR_CASES[label])
+    assert predicted == [label] * len(texts)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -61,32 +82,47 @@ def test_seed_example_is_confidently_positive(classifier: TextClassifier) -> Non
     assert scores["positive"] > 0.8
 
 
-@pytest.mark.parametrize("version_dir", [V1_DIR, V2_DIR], ids=["v1", "v2"])
-def test_model_card_accuracy_reproduces_on_held_out_movies(version_dir: Path) -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_model_card_accuracy_reproduces_on_held_out_movies(version: str) -> None:
     require_models()
-    card = _card(version_dir)
-    evaluation = card["evaluation"]
-    assert isinstance(evaluation, dict)
-    classifier = TextClassifier(ModelFiles(version_dir / "model.onnx"), SessionConfig())
+    card = _card(SENTIMENT_DIRS[version])
+    evaluation, held_out = card["evaluation"], card["held_out"]
+    assert isinstance(evaluation, dict) and isinstance(held_out, dict)
+    classifier = TextClassifier(ModelFiles(SENTIMENT_DIRS[version] / "model.onnx"), SessionConfig())
     split = dataset.split_by_movie(dataset.load_corpus(dataset.corpus_path()))
-    texts = [e.text for e in split.test]
-    # Batches of 32 grouped by character length, where the build grouped 64 by token count:
-    # batch invariance means the same predictions.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    rows = np.zeros((len(texts), len(classifier.labels)), dtype=np.float32)
-    for start in range(0, len(order), 32):
-        chunk = order[start : start + 32]
-        rows[chunk] = classifier.run([texts[i] for i in chunk])
+    rows = _run_sorted(classifier, [e.text for e in split.test])
     predicted = [classifier.labels[i] for i in rows.argmax(axis=1)]
     accuracy = float(np.mean([p == e.label for p, e in zip(predicted, split.test, strict=True)]))
-    assert evaluation["examples"] == len(texts)
+    assert evaluation["examples"] == len(split.test)
     assert accuracy == pytest.approx(evaluation["accuracy"], abs=0.0006)
-    assert accuracy > 0.72
+    assert accuracy > 0.70
+    fresh_or_rotten = two_class_report([e.label for e in split.test], rows, classifier.labels)
+    assert fresh_or_rotten["examples"] == held_out["rotten_tomatoes_2class"]["examples"]
+    assert fresh_or_rotten["accuracy"] == pytest.approx(held_out["rotten_tomatoes_2class"]["accuracy"], abs=0.0006)
 
 
-@pytest.mark.parametrize("version_dir", [V1_DIR, V2_DIR], ids=["v1", "v2"])
-def test_model_card_everyday_figures_and_seed_answers_reproduce(version_dir: Path) -> None:
+@pytest.mark.parametrize("version", ["v3", "v4"])
+def test_model_card_figures_reproduce_on_the_other_held_out_sets(version: str) -> None:
+    """v3 and v4, whose goals these sets measure (v1 and v2's figures come from the same build code; running
+    them too would add a minute to `make test`)."""
     require_models()
+    held_out = _card(SENTIMENT_DIRS[version])["held_out"]
+    assert isinstance(held_out, dict)
+    classifier = TextClassifier(ModelFiles(SENTIMENT_DIRS[version] / "model.onnx"), SessionConfig())
+    for corpus in [corpora.load_tweets(corpora.tweets_path()), *corpora.load_hutto(corpora.hutto_archive(corpora.DEFAULT_DATA_DIR))]:
+        rows = _run_sorted(classifier, [t.text for t in corpus.test])
+        report = classification_report(
+            [t.label for t in corpus.test], [classifier.labels[i] for i in rows.argmax(axis=1)], classifier.labels
+        )
+        recorded = held_out[corpus.name]
+        assert report["examples"] == recorded["examples"], corpus.name
+        assert report["accuracy"] == pytest.approx(recorded["accuracy"], abs=0.0015), corpus.name
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_model_card_everyday_figures_and_seed_answers_reproduce(version: str) -> None:
+    require_models()
+    version_dir = SENTIMENT_DIRS[version]
     card = _card(version_dir)
     classifier = TextClassifier(ModelFiles(version_dir / "model.onnx"), SessionConfig())
     sentences = everyday.load()
