@@ -122,7 +122,7 @@ _WORDS: dict[str, tuple[str, str, Any]] = {
     "model_not_found": ("Unknown model", f"unknown model 'sentiment'; available: {_REGISTRY_MODELS}", None),
     "version_not_found": (
         "Unknown version",
-        "model 'sentiment_analysis' version 'v9' does not exist; servable versions: ['v1', 'v2']",
+        "model 'sentiment_analysis' version 'v9' does not exist; servable versions: ['v1', 'v2', 'v3', 'v4']",
         None,
     ),
     "payload_too_large": (

@@ -71,21 +71,31 @@ def test_limits_give_payload_too_large(models_dir: object) -> None:
 def test_unknown_model_or_version(engine: InferenceEngine) -> None:
     with pytest.raises(ModelNotFound, match="available: \\['iris', 'sentence_embedding', 'sentiment_analysis'\\]"):
         asyncio.run(engine.predict(PredictRequest(texts=["a"], model="other")))
-    with pytest.raises(VersionNotFound, match="servable versions: \\['v1', 'v2'\\]"):
-        asyncio.run(engine.predict(PredictRequest(texts=["a"], model_version="v3")))
+    with pytest.raises(VersionNotFound, match="servable versions: \\['v1', 'v2', 'v3', 'v4'\\]"):
+        asyncio.run(engine.predict(PredictRequest(texts=["a"], model_version="v9")))
 
 
 def test_health_and_models(engine: InferenceEngine) -> None:
     health = engine.health()
     assert (health.status, health.ready) == ("active", True)
-    assert health.active_models == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1", "sentence_embedding:v1"]
+    # MODEL_CACHE_SIZE=5: the defaults, the rollout's target (v3), then v2; v4 loads when named.
+    assert health.active_models == [
+        "sentiment_analysis:v1",
+        "sentiment_analysis:v2",
+        "sentiment_analysis:v3",
+        "iris:v1",
+        "sentence_embedding:v1",
+    ]
     assert health.providers == ["CPUExecutionProvider"]
-    assert all(m.load_ms is not None and m.load_ms > 0 for m in health.models)
+    assert all(m.load_ms is not None and m.load_ms > 0 for m in health.models if m.state == "ready")
+    assert [(m.version, m.load_ms) for m in health.models if m.state != "ready"] == [("v4", None)]
     listing = engine.list_models()
-    assert listing.total == 4
+    assert listing.total == 6
     assert [(m.name, m.version, m.status, m.default, m.kind) for m in listing.models] == [
         ("sentiment_analysis", "v1", "active", True, "text_classification"),
         ("sentiment_analysis", "v2", "candidate", False, "text_classification"),
+        ("sentiment_analysis", "v3", "candidate", False, "text_classification"),
+        ("sentiment_analysis", "v4", "candidate", False, "text_classification"),
         ("iris", "v1", "active", True, "tabular"),
         ("sentence_embedding", "v1", "active", True, "text_embedding"),
     ]

@@ -49,11 +49,11 @@ def test_repository_registry_loads() -> None:
     assert isinstance(registry, Registry)
     model = registry.models["sentiment_analysis"]
     assert model.default_version == "v1"
-    assert set(model.versions) == {"v1", "v2"}
+    assert set(model.versions) == {"v1", "v2", "v3", "v4"}
     assert model.versions["v1"].status == "active"
-    assert model.versions["v2"].status == "candidate"
+    assert {model.versions[v].status for v in ("v2", "v3", "v4")} == {"candidate"}
     rollout = model.rollout_strategy
-    assert (rollout.type, rollout.canary_percentage, rollout.target_version) == ("canary", 10, "v2")
+    assert (rollout.type, rollout.canary_percentage, rollout.target_version) == ("canary", 10, "v3")
     assert registry.models["iris"].kind == "tabular"
     assert registry.base_dir == REPO_ROOT
 

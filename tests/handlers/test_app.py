@@ -209,12 +209,21 @@ def test_health_reports_ready_models_and_providers(client: httpx.Client) -> None
     body = response.json()
     assert body["status"] == "active"
     assert body["ready"] is True
-    assert body["active_models"] == ["sentiment_analysis:v1", "sentiment_analysis:v2", "iris:v1", "sentence_embedding:v1"]
+    # MODEL_CACHE_SIZE=5: the defaults, the rollout's target (v3), then v2; v4 loads when named.
+    assert body["active_models"] == [
+        "sentiment_analysis:v1",
+        "sentiment_analysis:v2",
+        "sentiment_analysis:v3",
+        "iris:v1",
+        "sentence_embedding:v1",
+    ]
     assert "CPUExecutionProvider" in body["providers"]
     states = {(m["name"], m["version"], m["state"]) for m in body["models"]}
     assert states == {
         ("sentiment_analysis", "v1", "ready"),
         ("sentiment_analysis", "v2", "ready"),
+        ("sentiment_analysis", "v3", "ready"),
+        ("sentiment_analysis", "v4", "unloaded"),
         ("iris", "v1", "ready"),
         ("sentence_embedding", "v1", "ready"),
     }
@@ -223,12 +232,12 @@ def test_health_reports_ready_models_and_providers(client: httpx.Client) -> None
 @pytest.mark.parametrize("path", ["/models", "/api/v1/models"])
 def test_models_lists_versions(client: httpx.Client, path: str) -> None:
     body = client.get(path).json()
-    assert body["total"] == 4
+    assert body["total"] == 6
     by_version = {(m["name"], m["version"]): m for m in body["models"]}
     v1, v2, iris = by_version["sentiment_analysis", "v1"], by_version["sentiment_analysis", "v2"], by_version["iris", "v1"]
     assert v1["default"] is True and v1["status"] == "active" and v1["kind"] == "text_classification"
     assert v2["status"] == "candidate" and "model.onnx" in v2["model_id"]
-    assert v1["rollout"] == {"type": "canary", "canary_percentage": 10.0, "target_version": "v2"}
+    assert v1["rollout"] == {"type": "canary", "canary_percentage": 10.0, "target_version": "v3"}
     assert iris["kind"] == "tabular" and iris["labels"] == ["setosa", "versicolor", "virginica"]
 
 
@@ -241,7 +250,7 @@ def test_metrics_count_requests_by_model_and_version(client: httpx.Client, live_
     text = response.text
     assert 'inference_requests_total{model="sentiment_analysis",model_version="v2",outcome="ok"}' in text
     assert 'inference_latency_ms_bucket{le="+Inf",model="sentiment_analysis",model_version="v2"}' in text
-    assert "active_models 4.0" in text
+    assert "active_models 5.0" in text
     assert "attacker-chosen-label" not in text  # label values stay bounded
 
 
@@ -295,13 +304,13 @@ def test_api_prefix_is_configurable(engine: object) -> None:
 def test_routing_key_header_keys_sticky_rollout(client: httpx.Client, live_server: LiveServer) -> None:
     from engine.rollout import Canary, routing_bucket
 
-    canary = Canary(stable="v1", canary="v2", percentage=10)
-    key = next(k for k in (f"user-{i}" for i in range(1000)) if canary.assign(routing_bucket("sentiment_analysis", k)).version == "v2")
+    canary = Canary(stable="v1", canary="v3", percentage=10)
+    key = next(k for k in (f"user-{i}" for i in range(1000)) if canary.assign(routing_bucket("sentiment_analysis", k)).version == "v3")
     headers = {**_auth(live_server), "X-Routing-Key": key}
     versions = {
         client.post("/api/v1/predict", json={"id": f"r{i}", "texts": ["ok"]}, headers=headers).json()["model_version"] for i in range(10)
     }
-    assert versions == {"v2"}
+    assert versions == {"v3"}
 
 
 def test_admin_reload_over_http(tmp_path: Path, models_dir: Path) -> None:

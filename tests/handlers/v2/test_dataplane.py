@@ -57,7 +57,7 @@ def test_metadata_comes_from_the_loaded_version(plane: V2DataPlane, engine: Infe
     assert iris.outputs == [TensorSpec("label", "BYTES", (-1,)), TensorSpec("probabilities", "FP32", (-1, 3))]
     assert iris.parameters == {"kind": "tabular", "version": "v1", "labels": ["setosa", "versicolor", "virginica"]}
     sentiment = asyncio.run(plane.model_metadata("sentiment_analysis", "v2"))
-    assert sentiment.versions == ["v1", "v2"] and sentiment.parameters["version"] == "v2"
+    assert sentiment.versions == ["v1", "v2", "v3", "v4"] and sentiment.parameters["version"] == "v2"
     embedding = asyncio.run(plane.model_metadata("sentence_embedding", None))
     assert embedding.outputs == [TensorSpec("embedding", "FP32", (-1, 384))] and embedding.parameters["labels"] == []
     with pytest.raises(VersionNotFound):

@@ -85,7 +85,12 @@ def test_server_health_and_metadata_with_the_official_client(client: triton.Infe
 @pytest.mark.parametrize(
     ("model", "versions", "inputs", "outputs"),
     [
-        ("sentiment_analysis", ["v1", "v2"], [("text", "BYTES", [-1])], [("label", "BYTES", [-1]), ("probabilities", "FP32", [-1, 3])]),
+        (
+            "sentiment_analysis",
+            ["v1", "v2", "v3", "v4"],
+            [("text", "BYTES", [-1])],
+            [("label", "BYTES", [-1]), ("probabilities", "FP32", [-1, 3])],
+        ),
         ("iris", ["v1"], [("features", "FP32", [-1, 4])], [("label", "BYTES", [-1]), ("probabilities", "FP32", [-1, 3])]),
         ("sentence_embedding", ["v1"], [("text", "BYTES", [-1])], [("embedding", "FP32", [-1, 384])]),
     ],
@@ -249,11 +254,11 @@ def test_requested_outputs_filter_the_answer(http: httpx.Client, v2_server: V2Se
 
 
 def test_an_unpinned_request_follows_the_canary_like_the_native_api(http: httpx.Client, v2_server: V2Server) -> None:
-    # The registry sends 10% of routing keys to v2: find a key that goes there and one that does not.
+    # The registry sends 10% of routing keys to v3: find a key that goes there and one that does not.
     canary_key = next(f"k{i}" for i in range(10_000) if routing_bucket("sentiment_analysis", f"k{i}") < BUCKETS // 10)
     stable_key = next(f"k{i}" for i in range(10_000) if routing_bucket("sentiment_analysis", f"k{i}") >= BUCKETS // 10)
     body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXTS[1]]}]}
-    for key, version in ((canary_key, "v2"), (stable_key, "v1")):
+    for key, version in ((canary_key, "v3"), (stable_key, "v1")):
         headers = {**v2_server.headers, "X-Routing-Key": key}
         reply = http.post("/v2/models/sentiment_analysis/infer", json=body, headers=headers)
         assert reply.status_code == 200, reply.text
