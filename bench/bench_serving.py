@@ -438,7 +438,9 @@ def report(facts: MachineFacts, args: argparse.Namespace, results: dict[str, lis
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", choices=["v1", "v2"], help="model version to measure (default: both, one after the other)")
+    parser.add_argument(
+        "--version", action="append", choices=["v1", "v2", "v3", "v4"], help="a model version to measure; repeatable (default: v1 and v2)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement (default 3)")
     parser.add_argument("--max-calls", type=int, default=20_000, help="most calls per measurement (default 20000)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients / tasks (default 32)")
@@ -454,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
-    versions = [args.version] if args.version else ["v1", "v2"]
+    versions = list(dict.fromkeys(args.version)) if args.version else ["v1", "v2"]
     bounds = Bounds(seconds=args.seconds, max_calls=args.max_calls, pids=(os.getpid(),))
     other_cpu_before = other_cpu_now()
     if other_cpu_before is not None and other_cpu_before > 5.0:
