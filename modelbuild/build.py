@@ -284,10 +284,6 @@ def _hybrid_graph(weights: dict[str, np.ndarray], cfg: BertConfig, head: HybridH
     return make_model(builder, [(probabilities, "probabilities", ["batch", len(head.labels)])], MODEL_NAME)
 
 
-def _test_percent(corpus: corpora.Corpus) -> int:
-    return corpora.TWEETS_TEST_PERCENT if corpus.name == "tweets" else corpora.HUTTO_TEST_PERCENT
-
-
 def _write_int8(graph: onnx.ModelProto, target: Path, tokenizer: TextTokenizer, calibration: Sequence[str], workdir: Path) -> None:
     """Quantise ``graph`` into ``target``, with its weights external like every other file."""
     # The quantiser copies its input to a temporary folder without external weights: give it one file.
@@ -522,7 +518,7 @@ def _build_locked(models_dir: Path, sources: Sources, *, force: bool, progress: 
         "encoder": described["encoder"],
         "held_out_sources": {
             "rotten_tomatoes": {"source": described["data_source"], "split": described["split"]},
-            **{c.name: c.describe() | {"split": f"sha256 of the text, {_test_percent(c)}% held out"} for c in sources_v3},
+            **{c.name: c.describe() for c in sources_v3},
         },
         "build_command": BUILD_COMMAND,
         "libraries": ", ".join(f"{n} {package_version(n)}" for n in _TRACKED_PACKAGES),

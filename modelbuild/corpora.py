@@ -61,11 +61,17 @@ class Corpus:
 
     name: str
     source: str
+    test_percent: int
     train: list[Text]
     test: list[Text]
 
     def describe(self) -> dict[str, object]:
-        return {"source": self.source, "train_texts": len(self.train), "test_texts": len(self.test)}
+        return {
+            "source": self.source,
+            "split": f"sha256 of the text, {self.test_percent}% held out",
+            "train_texts": len(self.train),
+            "test_texts": len(self.test),
+        }
 
 
 def in_test(text: str, percent: int) -> bool:
@@ -78,6 +84,7 @@ def _split(name: str, source: str, texts: Iterable[Text], percent: int) -> Corpu
     return Corpus(
         name=name,
         source=source,
+        test_percent=percent,
         train=[t for t in rows if not in_test(t.text, percent)],
         test=[t for t in rows if in_test(t.text, percent)],
     )
@@ -156,7 +163,7 @@ def load_hutto(archive: Path) -> list[Corpus]:
             texts = _ground_truth(handle.read().decode("utf-8"), member)
             source = (
                 f"{member} of Hutto & Gilbert, ICWSM 2014, in {HUTTO_PACKAGE} {HUTTO_VERSION}'s source archive "
-                f"(MIT): {len(texts)} distinct texts; mean rating within +-{HUTTO_NEUTRAL_BELOW} -> neutral"
+                f"(MIT): {len(texts)} distinct texts; a mean rating under {HUTTO_NEUTRAL_BELOW} in magnitude -> neutral"
             )
             corpora.append(_split(name, source, texts, HUTTO_TEST_PERCENT))
     return corpora

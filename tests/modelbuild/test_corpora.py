@@ -31,6 +31,7 @@ def test_tweets_are_the_distinct_texts_of_three_classes_split_about_one_in_ten(t
     assert 0.08 < len(tweets.test) / len(texts) < 0.12
     assert {t.text for t in tweets.train}.isdisjoint(t.text for t in tweets.test)
     assert "MIT" in tweets.source and corpora.TWEETS_VERSION in tweets.source
+    assert tweets.test_percent == 10 and tweets.describe()["split"] == "sha256 of the text, 10% held out"
 
 
 def test_the_tweets_file_is_read_as_mac_roman(tweets: Corpus) -> None:
