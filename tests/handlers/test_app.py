@@ -68,18 +68,19 @@ def test_several_texts_keep_their_order(client: httpx.Client, live_server: LiveS
     texts = [
         "This is terrible",
         "I love this product",
-        "A retired spy travels to Istanbul to find the daughter he never knew he had.",
+        "Boring, predictable and far too long. I hated it.",
         "Brilliant, funny and moving.",
     ]
     response = client.post("/api/v1/predict", json={"texts": texts}, headers=_auth(live_server))
     assert response.status_code == 200, response.text
     body = response.json()
     assert [r["text"] for r in body["results"]] == texts
-    assert [r["prediction"] for r in body["results"]] == ["negative", "positive", "neutral", "positive"]
+    # Clear-cut texts: both the stable v1 and the canary v3 (whichever the request id picks) agree on them.
+    assert [r["prediction"] for r in body["results"]] == ["negative", "positive", "negative", "positive"]
     assert len(body["request_id"]) == 32  # generated when the request has no id
     # No version asked for: the registry's 10% canary from v1 to v2 chose one.
     assert body["rollout"] == {"strategy": "canary", "arm": body["model_version"]}
-    assert body["model_version"] in {"v1", "v2"}
+    assert body["model_version"] in {"v1", "v3"}
 
 
 def test_pinned_version_answers(client: httpx.Client, live_server: LiveServer) -> None:
