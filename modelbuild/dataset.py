@@ -60,10 +60,14 @@ def load_corpus(path: Path) -> list[Example]:
     return examples
 
 
+def in_held_out_share(key: str, percent: int) -> bool:
+    """The stable split every source uses: the first 8 bytes of the key's sha256, modulo 100, under ``percent``."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100 < percent
+
+
 def is_test_movie(movie: str) -> bool:
     """Deterministic movie-level split: a stable hash puts about 20% of movies in the test set."""
-    digest = hashlib.sha256(movie.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < TEST_FRACTION_PERCENT
+    return in_held_out_share(movie, TEST_FRACTION_PERCENT)
 
 
 def split_by_movie(examples: list[Example]) -> Split:
