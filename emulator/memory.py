@@ -67,7 +67,8 @@ class MemoryWatch:
         self._stopped.set()
 
     def peak_mb(self) -> int:
-        """The tree's peak resident memory in MB: the process's own VmHWM, or more if its children added to it."""
+        """The tree's peak resident memory in whole MB, rounded down: the process's own VmHWM, or more if its children
+        added to it. A tree killed for exceeding the limit by under 1 MB reports the limit itself, as Lambda's REPORT does."""
         return max(self._peak_kb, _peak_kb(self.pid)) // 1024
 
     def _sample(self) -> int:

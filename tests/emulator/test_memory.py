@@ -7,6 +7,9 @@ import json
 import sys
 import time
 
+import pytest
+
+from emulator import memory
 from emulator.function_errors import OUT_OF_MEMORY, out_of_memory_error
 from emulator.memory import MemoryWatch
 from emulator.worker import EnvironmentOptions
@@ -70,10 +73,23 @@ def test_a_watch_kills_a_process_over_its_limit_and_stops_when_told() -> None:
 
     started = time.monotonic()
     killed, returncode = asyncio.run(watch(100))
-    assert killed.exceeded and returncode == -9 and killed.peak_mb() > 100
+    assert killed.exceeded and returncode == -9 and killed.peak_mb() >= 100  # whole MB, rounded down
     assert time.monotonic() - started < WATCH_TIMEOUT_S
     measured, peak = asyncio.run(watch(None))
     assert not measured.exceeded and peak is not None and peak >= 300
+
+
+def test_a_tree_just_over_its_limit_is_killed_and_reports_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the limit by less than 1 MB: killed, and Max Memory Used (whole MB, rounded down) is the limit itself."""
+    limit_mb = 100
+    monkeypatch.setattr(memory, "_rss_kb", lambda pid: limit_mb * 1024 + 1)
+    monkeypatch.setattr(memory, "_peak_kb", lambda pid: limit_mb * 1024 + 1)
+    monkeypatch.setattr(memory, "_descendants", lambda root: set())
+    killed: list[int] = []
+    monkeypatch.setattr(memory.os, "kill", lambda pid, sig: killed.append(pid))
+    watcher = MemoryWatch(12345, limit_mb)
+    asyncio.run(asyncio.wait_for(watcher.run(), WATCH_TIMEOUT_S))
+    assert watcher.exceeded and killed == [12345] and watcher.peak_mb() == limit_mb
 
 
 def test_a_watch_of_a_process_that_is_gone_measures_nothing() -> None:
