@@ -121,13 +121,21 @@ def make_venv(path: Path) -> Path:
 def pip_install(python: Path, args: list[str], *, cwd: Path, what: str, hint: Callable[[str], str] | None = None) -> None:
     """``pip install`` into ``python``'s environment with the dev venv's pip (and pip's cache)."""
     # --no-compile: the trees' Pythons compile what they import; byte-compiling every installed file is time spent for nothing.
-    command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
-    command += args
+    run_pip("install", ["--no-compile", *args], cwd=cwd, what=what, hint=hint, python=python)
+
+
+def run_pip(
+    verb: str, args: list[str], *, cwd: Path, what: str, hint: Callable[[str], str] | None = None, python: Path | None = None
+) -> None:
+    """``pip <verb>`` with the dev venv's pip (and pip's cache), for ``python``'s environment when given;
+    a failure fails the test with pip's output (and the hint's advice)."""
+    target = ["--python", str(python)] if python is not None else []
+    command = [sys.executable, "-m", "pip", *target, verb, "--quiet", "--disable-pip-version-check", *args]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
     if result.returncode != 0:
         output = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         advice = hint(f"{what}\n{output}") if hint else ""
-        pytest.fail(f"{what}: pip install failed\n$ {shlex.join(command)}\n{output}\n{advice}")
+        pytest.fail(f"{what}: pip {verb} failed\n$ {shlex.join(command)}\n{output}\n{advice}")
 
 
 def _link_or_copy(src: str, dst: str) -> str:
@@ -328,12 +336,7 @@ class TreeBuilder:
     def _pip_download(self, tree: StageTree, words: list[str], text: str) -> None:
         """``pip download`` with the dev venv's pip (and cache), into the folder's ``--dest``."""
         args = [tree.map_value(w) for w in words if w != "--no-cache-dir"]
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", *args]
-        result = subprocess.run(command, cwd=tree.root, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False)
-        if result.returncode != 0:
-            pytest.fail(
-                f"{tree.name}: RUN {text}: pip download failed\n$ {shlex.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-            )
+        run_pip("download", args, cwd=tree.root, what=f"{tree.name}: RUN {text}")
 
     def _execute(self, tree: StageTree, command: list[str], text: str) -> None:
         started = time.monotonic()
