@@ -467,7 +467,7 @@ def _build_locked(models_dir: Path, sources: Sources, *, force: bool, progress: 
     encoder = open_session(embedding_dir / "model.onnx", SessionConfig(providers=("CPUExecutionProvider",)))
     features = run_sorted(encoder, tokenizer, [e.text for e in split.train], "embedding train split", progress)
     test_features = run_sorted(encoder, tokenizer, [e.text for e in split.test], "embedding held-out split", progress)
-    sources_v3 = [corpora.load_tweets(sources.tweets), *corpora.load_hutto(sources.hutto)]
+    sources_v3 = corpora.load_all(sources.tweets, sources.hutto)
     v3_train = corpora.train_texts(sources_v3)
     v3_features = run_sorted(encoder, tokenizer, [t.text for t in v3_train], "embedding v3 train texts", progress)
     del encoder

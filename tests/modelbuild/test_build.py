@@ -199,7 +199,7 @@ def _assert_consistent(figures: dict[str, Any]) -> None:
 
 
 def test_cards_name_every_held_out_source_with_its_license_and_counts(cards: dict[str, dict[str, Any]]) -> None:
-    held_out = [corpora.load_tweets(corpora.tweets_path()), *corpora.load_hutto(corpora.hutto_archive(corpora.DEFAULT_DATA_DIR))]
+    held_out = corpora.load_all()
     for card in cards.values():
         for corpus in held_out:
             recorded = card["held_out_sources"][corpus.name]

@@ -105,3 +105,7 @@ def test_a_malformed_ground_truth_line_names_its_file_and_line(tmp_path: Path) -
         outer.addfile(info, io.BytesIO(inner.getvalue()))
     with pytest.raises(ValueError, match=r"amazonReviewSnippets_GroundTruth\.txt:2: expected id, score and text"):
         load_hutto(archive)
+
+
+def test_load_all_gives_the_tweets_then_huttos_three_sets() -> None:
+    assert [c.name for c in corpora.load_all()] == ["tweets", *corpora.HUTTO_SETS]

@@ -109,7 +109,7 @@ def test_model_card_figures_reproduce_on_the_other_held_out_sets(version: str) -
     held_out = _card(SENTIMENT_DIRS[version])["held_out"]
     assert isinstance(held_out, dict)
     classifier = TextClassifier(ModelFiles(SENTIMENT_DIRS[version] / "model.onnx"), SessionConfig())
-    for corpus in [corpora.load_tweets(corpora.tweets_path()), *corpora.load_hutto(corpora.hutto_archive(corpora.DEFAULT_DATA_DIR))]:
+    for corpus in corpora.load_all():
         rows = _run_sorted(classifier, [t.text for t in corpus.test])
         report = classification_report(
             [t.label for t in corpus.test], [classifier.labels[i] for i in rows.argmax(axis=1)], classifier.labels
