@@ -329,12 +329,16 @@ def _held_out_lines(card: dict[str, object]) -> list[str]:
     lines = []
     for name, figures in sets.items():
         about = "Rotten Tomatoes held-out movies, fresh against rotten" if name == "rotten_tomatoes_2class" else sources[name]["source"]
-        lines.append(
-            f"- **Held-out {name}** ({about}): accuracy {figures['accuracy']:.4f} on {figures['examples']} texts; "
-            f"per-class recall {json.dumps(figures['per_class_recall'])}; per-class precision "
-            f"{json.dumps(figures['per_class_precision'])}; confusion {json.dumps(figures['confusion'])}"
-        )
+        lines.append(f"- **Held-out {name}** ({about}): {_report_text(figures)}")
     return lines
+
+
+def _report_text(figures: dict[str, object]) -> str:
+    """A ``classification_report`` on one line of a card."""
+    return (
+        f"accuracy {figures['accuracy']:.4f} on {figures['examples']} texts; per-class recall {json.dumps(figures['per_class_recall'])}; "
+        f"per-class precision {json.dumps(figures['per_class_precision'])}; confusion {json.dumps(figures['confusion'])}"
+    )
 
 
 def _everyday_lines(card: dict[str, object]) -> list[str]:
@@ -343,9 +347,7 @@ def _everyday_lines(card: dict[str, object]) -> list[str]:
     assert isinstance(ev, dict) and isinstance(seed, dict)
     rules = "; ".join(f"{rule} {figures['accuracy']:.2f} of {figures['examples']}" for rule, figures in ev["per_rule"].items())
     return [
-        f"- **{everyday.NAME.capitalize()} ({ev['source']}, evaluation only):** accuracy {ev['accuracy']:.4f} on "
-        f"{ev['examples']} texts; per-class recall {json.dumps(ev['per_class_recall'])}; "
-        f"per-class precision {json.dumps(ev['per_class_precision'])}; confusion {json.dumps(ev['confusion'])}",
+        f"- **{everyday.NAME.capitalize()} ({ev['source']}, evaluation only):** {_report_text(ev)}",
         f"- **{everyday.NAME.capitalize()} by rule:** {rules}",
         f"- **The seed's batch example:** {json.dumps(seed)}",
     ]
