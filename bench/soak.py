@@ -1,7 +1,7 @@
 """Soak: `mlinfer serve` under an open-loop mix at half of its measured capacity, minute by minute.
 
 1. Starts `mlinfer serve` with its defaults (one worker per CPU, the repository's registry: the
-   sentiment model's v1 with a 10% canary to v2) and measures its capacity on the mix below with
+   sentiment model's v1 with a 10% canary to v3) and measures its capacity on the mix below with
    16 closed-loop connections (requests shed with 503 are not counted; the connection pauses).
 2. Sends the same mix open loop (Poisson arrivals, fixed seed) at ``--load`` (default 0.5) of that
    capacity for ``--minutes`` (default 5). Latency counts from each request's scheduled start, so a

@@ -78,7 +78,7 @@ def test_several_texts_keep_their_order(client: httpx.Client, live_server: LiveS
     # Clear-cut texts: both the stable v1 and the canary v3 (whichever the request id picks) agree on them.
     assert [r["prediction"] for r in body["results"]] == ["negative", "positive", "negative", "positive"]
     assert len(body["request_id"]) == 32  # generated when the request has no id
-    # No version asked for: the registry's 10% canary from v1 to v2 chose one.
+    # No version asked for: the registry's 10% canary from v1 to v3 chose one.
     assert body["rollout"] == {"strategy": "canary", "arm": body["model_version"]}
     assert body["model_version"] in {"v1", "v3"}
 
